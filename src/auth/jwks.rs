@@ -1,0 +1,234 @@
+//! Clerk's public keys, fetched once, kept, and refreshed (contract §2).
+//!
+//! - a background task refreshes the set well before it is 10 minutes old;
+//! - an unknown `kid` triggers at most one refetch per cooldown, and every
+//!   request waiting meanwhile shares that one fetch (single flight);
+//! - a failed fetch keeps the keys already held.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::DecodingKey;
+use serde_json::Value;
+
+use super::AuthError;
+use crate::clients::{read_limited, ReadError, Transport};
+
+/// Largest key set accepted; Clerk's holds a handful of keys.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Keys kept from one set at most.
+const MAX_KEYS: usize = 64;
+/// Longest `kid` looked up.
+pub const MAX_KID_LEN: usize = 256;
+
+/// Why a refetch is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// A token named a `kid` we do not hold: rate-limited by the cooldown.
+    UnknownKid,
+    /// Nothing is held yet, or the periodic refresh is due.
+    Load,
+}
+
+#[derive(Default)]
+struct FetchState {
+    last_unknown_kid_fetch: Option<Instant>,
+    /// Error of the last attempt, if it failed.
+    last_error: Option<String>,
+}
+
+/// The cached key set and the rules to refresh it.
+pub struct KeyStore {
+    url: String,
+    http: reqwest::Client,
+    timeout: Duration,
+    cooldown: Duration,
+    keys: RwLock<Option<Arc<HashMap<String, Arc<DecodingKey>>>>>,
+    /// Held while fetching, so concurrent callers wait for one fetch.
+    fetch: tokio::sync::Mutex<FetchState>,
+    /// Bumped after every completed attempt; waiters compare it to reuse the outcome.
+    attempts: AtomicU64,
+    fetches: AtomicU64,
+}
+
+impl KeyStore {
+    /// A store for the JWKS at `url`; nothing is fetched yet.
+    pub fn new(url: String, http: reqwest::Client, timeout: Duration, cooldown: Duration) -> Self {
+        Self {
+            url,
+            http,
+            timeout,
+            cooldown,
+            keys: RwLock::new(None),
+            fetch: tokio::sync::Mutex::new(FetchState::default()),
+            attempts: AtomicU64::new(0),
+            fetches: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts the background refresh; it ends when the store is dropped.
+    pub fn spawn_refresh(self: &Arc<Self>, every: Duration) {
+        let store: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                match store.upgrade() {
+                    Some(store) => {
+                        let _ = store.refetch(Trigger::Load).await;
+                    }
+                    None => return,
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// Whether a key set is held (readiness).
+    pub fn is_loaded(&self) -> bool {
+        self.read_keys().is_some()
+    }
+
+    /// How many fetches were sent (for tests and metrics).
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Loads the set if none is held yet.
+    pub async fn ensure_loaded(&self) -> Result<(), AuthError> {
+        if self.is_loaded() {
+            return Ok(());
+        }
+        self.refetch(Trigger::Load).await
+    }
+
+    /// The key named `kid`, refetching the set once if it is unknown.
+    pub async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
+        let trigger = match self.read_keys() {
+            Some(keys) => match keys.get(kid) {
+                Some(key) => return Ok(key.clone()),
+                None => Trigger::UnknownKid,
+            },
+            None => Trigger::Load,
+        };
+        self.refetch(trigger).await?;
+        self.read_keys()
+            .and_then(|keys| keys.get(kid).cloned())
+            .ok_or(AuthError::UnknownKey)
+    }
+
+    fn read_keys(&self) -> Option<Arc<HashMap<String, Arc<DecodingKey>>>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Fetches the set unless another caller just did; `Unavailable` only when nothing is held.
+    async fn refetch(&self, trigger: Trigger) -> Result<(), AuthError> {
+        let seen = self.attempts.load(Ordering::Acquire);
+        let mut state = self.fetch.lock().await;
+        let outcome = |state: &FetchState| match (self.is_loaded(), &state.last_error) {
+            (true, _) => Ok(()),
+            (false, error) => Err(AuthError::Unavailable(
+                error.clone().unwrap_or_else(|| "no key set".into()),
+            )),
+        };
+        // Someone completed an attempt while we waited: share its outcome.
+        if self.attempts.load(Ordering::Acquire) != seen {
+            return outcome(&state);
+        }
+        if trigger == Trigger::UnknownKid {
+            if let Some(at) = state.last_unknown_kid_fetch {
+                if at.elapsed() < self.cooldown {
+                    return Ok(());
+                }
+            }
+            state.last_unknown_kid_fetch = Some(Instant::now());
+        }
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        match self.fetch_set().await {
+            Ok(keys) => {
+                tracing::info!(keys = keys.len(), "JWKS fetched");
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(keys));
+                state.last_error = None;
+            }
+            Err(error) => {
+                tracing::warn!(upstream = "clerk", %error, "JWKS fetch failed; keeping the keys held");
+                state.last_error = Some(error);
+            }
+        }
+        self.attempts.fetch_add(1, Ordering::Release);
+        outcome(&state)
+    }
+
+    async fn fetch_set(&self) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
+        let response = self
+            .http
+            .get(&self.url)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| format!("{:?}", Transport::classify(&e)))?;
+        if !response.status().is_success() {
+            return Err(format!("JWKS answered HTTP {}", response.status().as_u16()));
+        }
+        let body = read_limited(response, MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => "JWKS too large".to_owned(),
+                ReadError::Transport(e) => format!("{:?}", Transport::classify(&e)),
+            })?;
+        parse_jwks(&body)
+    }
+}
+
+/// Keeps the RSA signing keys of a JWKS, by `kid`; the first of a duplicated `kid` wins.
+pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
+    let set: Value = serde_json::from_slice(body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+    let keys = set
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("JWKS has no keys array")?;
+    let mut out = HashMap::new();
+    for jwk in keys {
+        if out.len() == MAX_KEYS {
+            break;
+        }
+        let field = |name: &str| jwk.get(name).and_then(Value::as_str);
+        let usable = field("kty") == Some("RSA")
+            && matches!(field("use"), None | Some("sig"))
+            && matches!(field("alg"), None | Some("RS256"));
+        let (Some(kid), Some(n), Some(e)) = (field("kid"), field("n"), field("e")) else {
+            continue;
+        };
+        if !usable || kid.is_empty() || kid.len() > MAX_KID_LEN || out.contains_key(kid) {
+            continue;
+        }
+        if let Ok(key) = DecodingKey::from_rsa_components(n, e) {
+            out.insert(kid.to_owned(), Arc::new(key));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rsa_signing_keys_are_kept() {
+        let body = serde_json::json!({"keys": [
+            {"kty": "EC", "kid": "ec", "crv": "P-256", "x": "AA", "y": "AA"},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
+            {"kty": "RSA", "kid": "hs", "alg": "HS256", "n": "AQAB", "e": "AQAB"},
+            {"kty": "RSA", "kid": "ok", "use": "sig", "alg": "RS256", "n": "AQAB", "e": "AQAB"},
+            {"kty": "RSA", "n": "AQAB", "e": "AQAB"},
+        ]});
+        let keys = parse_jwks(body.to_string().as_bytes()).unwrap();
+        assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["ok"]);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(parse_jwks(b"<html>").is_err());
+        assert!(parse_jwks(b"{\"keys\": 3}").is_err());
+    }
+}

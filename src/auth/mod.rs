@@ -1,0 +1,210 @@
+//! Clerk session tokens: the `AuthUser` extractor and the checks of contract §2.
+
+pub mod jwks;
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::{header, request::Parts, HeaderMap};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::ClerkConfig;
+use crate::domain::UserId;
+use crate::error::ApiError;
+use crate::state::AppState;
+use jwks::{KeyStore, MAX_KID_LEN};
+
+/// Longest token accepted (compact JWS).
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Why a request is not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer <token>`.
+    #[error("no bearer token")]
+    Missing,
+    /// Not a compact JWS we accept (size, shape, header, algorithm, kid).
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// The `kid` is not in the key set, even after a refetch.
+    #[error("unknown signing key")]
+    UnknownKey,
+    /// Signature or registered claims rejected.
+    #[error("rejected token: {0}")]
+    Rejected(String),
+    /// A claim of ours rejected (`sub`, `azp`).
+    #[error("bad claim: {0}")]
+    BadClaim(&'static str),
+    /// No keys could be obtained at all.
+    #[error("keys unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where verification keys come from.
+enum Keys {
+    /// `CLERK_JWT_KEY`: networkless.
+    Static(Arc<DecodingKey>),
+    /// Clerk's JWKS, cached.
+    Jwks(Arc<KeyStore>),
+}
+
+/// The claims we read; `exp`, `nbf` and `iss` are checked by `jsonwebtoken`.
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    azp: Option<String>,
+}
+
+/// Verifies Clerk session tokens.
+pub struct Verifier {
+    keys: Keys,
+    validation: Validation,
+    authorized_parties: Option<Vec<String>>,
+}
+
+impl Verifier {
+    /// Builds the verifier; with a JWKS, starts loading it and its background refresh.
+    pub fn new(
+        config: &ClerkConfig,
+        http: reqwest::Client,
+        timeout: std::time::Duration,
+    ) -> Result<Self, String> {
+        let keys = match &config.jwt_key_pem {
+            Some(pem) => Keys::Static(Arc::new(
+                DecodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(|e| format!("CLERK_JWT_KEY: {e}"))?,
+            )),
+            None => {
+                let store = Arc::new(KeyStore::new(
+                    config.jwks_url.clone(),
+                    http,
+                    timeout,
+                    config.unknown_kid_cooldown,
+                ));
+                store.spawn_refresh(config.refresh_interval);
+                Keys::Jwks(store)
+            }
+        };
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.leeway = config.clock_skew.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // Clerk session tokens carry no audience by default.
+        validation.validate_aud = false;
+        Ok(Self {
+            keys,
+            validation,
+            authorized_parties: config.authorized_parties.clone(),
+        })
+    }
+
+    /// The key store, when keys come from a JWKS.
+    pub fn key_store(&self) -> Option<&Arc<KeyStore>> {
+        match &self.keys {
+            Keys::Jwks(store) => Some(store),
+            Keys::Static(_) => None,
+        }
+    }
+
+    /// Whether tokens can be verified now, loading the key set if needed (readiness).
+    pub async fn ready(&self) -> Result<(), AuthError> {
+        match &self.keys {
+            Keys::Static(_) => Ok(()),
+            Keys::Jwks(store) => store.ensure_loaded().await,
+        }
+    }
+
+    /// Checks a token and returns its user.
+    pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::Malformed("token over 8 KiB"));
+        }
+        if token.split('.').count() != 3 {
+            return Err(AuthError::Malformed("not a compact JWS"));
+        }
+        // Fails for `alg: none` and unknown algorithms; `jku`, `x5u` and
+        // `jwk` headers are parsed but never used.
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Malformed("unreadable header"))?;
+        if header.alg != Algorithm::RS256 {
+            return Err(AuthError::Malformed("algorithm is not RS256"));
+        }
+        let key = match &self.keys {
+            Keys::Static(key) => key.clone(),
+            Keys::Jwks(store) => {
+                let kid = header.kid.ok_or(AuthError::Malformed("no kid"))?;
+                if kid.is_empty() || kid.len() > MAX_KID_LEN {
+                    return Err(AuthError::Malformed("kid length"));
+                }
+                store.key(&kid).await?
+            }
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
+            .map_err(|e| AuthError::Rejected(e.to_string()))?
+            .claims;
+        let user = UserId::parse(&claims.sub).ok_or(AuthError::BadClaim("sub"))?;
+        if let (Some(allowed), Some(azp)) = (&self.authorized_parties, &claims.azp) {
+            if !allowed.iter().any(|p| p == azp) {
+                return Err(AuthError::BadClaim("azp not authorized"));
+            }
+        }
+        Ok(user)
+    }
+}
+
+/// The bearer token of a request; any scheme case, at least one character.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(AuthError::Missing)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token)
+}
+
+/// The signed-in caller: extracting it authenticates the request (and rate-limits it).
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub UserId);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(&parts.headers)?;
+        let user = state.verifier.verify(token).await?;
+        tracing::Span::current().record("user_id", user.as_str());
+        if let Some(limiter) = &state.rate_limiter {
+            limiter.check(&user)?;
+        }
+        Ok(Self(user))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_token_required() {
+        assert_eq!(bearer_token(&headers("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(&headers("bEaReR  abc ")), Ok("abc"));
+        for bad in ["Bearer", "Bearer ", "Basic abc", "abc", ""] {
+            assert_eq!(bearer_token(&headers(bad)), Err(AuthError::Missing), "{bad}");
+        }
+        assert_eq!(bearer_token(&HeaderMap::new()), Err(AuthError::Missing));
+    }
+}

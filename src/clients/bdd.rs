@@ -1,0 +1,306 @@
+//! BDD service client: the image records live there (PostgreSQL behind it).
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use url::form_urlencoded;
+
+use super::{read_limited, ReadError, Transport};
+use crate::domain::{ImageId, ImageStatus, ListQuery, UserId};
+use crate::http::{RequestId, X_REQUEST_ID};
+
+/// Largest answer read back from the BDD service (a page is at most 100 records).
+const MAX_ANSWER_BYTES: usize = 16 << 20;
+
+/// How a BDD call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BddError {
+    /// 4xx with a JSON body: passed through to the client as is.
+    #[error("rejected with {status}")]
+    Rejected {
+        /// The BDD's status.
+        status: StatusCode,
+        /// The BDD's JSON body.
+        body: Bytes,
+    },
+    /// 404 without JSON: the route does not exist there.
+    #[error("operation not supported (404 without JSON)")]
+    Unsupported,
+    /// 5xx, an unusable answer, or the connection closed without an answer.
+    #[error("failed: {0}")]
+    Failed(String),
+    /// Could not connect.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+}
+
+impl From<Transport> for BddError {
+    fn from(t: Transport) -> Self {
+        match t {
+            Transport::Timeout => Self::Timeout,
+            Transport::Connect(detail) => Self::Unavailable(detail),
+            Transport::Closed(detail) => Self::Failed(format!("connection closed: {detail}")),
+        }
+    }
+}
+
+/// A successful BDD answer: the exact bytes (to pass on) and their parse.
+#[derive(Debug, Clone)]
+pub struct BddAnswer {
+    /// Body as received.
+    pub body: Bytes,
+    /// Body parsed.
+    pub json: Value,
+}
+
+impl BddAnswer {
+    /// The record or payload under `data`, if any.
+    pub fn data(&self) -> Option<&Value> {
+        self.json.get("data").filter(|d| !d.is_null())
+    }
+}
+
+/// Talks to the BDD service.
+#[derive(Clone)]
+pub struct BddClient {
+    http: reqwest::Client,
+    base: String,
+    timeout: Duration,
+}
+
+/// Whether a call may be sent again after a connection failure.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Idempotent {
+    Yes,
+    No,
+}
+
+impl BddClient {
+    /// A client of the BDD service at `base` (no trailing slash).
+    pub fn new(http: reqwest::Client, base: &str, timeout: Duration) -> Self {
+        Self {
+            http,
+            base: base.to_owned(),
+            timeout,
+        }
+    }
+
+    /// `POST /api/images`: creates a record.
+    #[tracing::instrument(skip_all, fields(user_id = user.as_str()))]
+    pub async fn create_image(
+        &self,
+        user: &UserId,
+        prompt: &str,
+        image_url: &str,
+        metadata: &Value,
+        request_id: &RequestId,
+    ) -> Result<BddAnswer, BddError> {
+        let body = json!({
+            "userId": user.as_str(),
+            "prompt": prompt,
+            "imageUrl": image_url,
+            "metadata": metadata,
+        });
+        self.call(reqwest::Method::POST, "/api/images".into(), Some(body), request_id, Idempotent::No)
+            .await
+    }
+
+    /// `GET /api/images?userId&page&limit[&status]`: one page of the user's records.
+    #[tracing::instrument(skip_all, fields(user_id = user.as_str()))]
+    pub async fn list_images(
+        &self,
+        user: &UserId,
+        query: &ListQuery,
+        request_id: &RequestId,
+    ) -> Result<BddAnswer, BddError> {
+        let query = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("userId", user.as_str())
+                .append_pair("page", &query.page.to_string())
+                .append_pair("limit", &query.limit.to_string());
+            if let Some(status) = query.status {
+                q.append_pair("status", status.as_str());
+            }
+            q.finish()
+        };
+        let path = format!("/api/images?{query}");
+        self.call(reqwest::Method::GET, path, None, request_id, Idempotent::Yes)
+            .await
+    }
+
+    /// `GET /api/images/{id}?userId&user_id`: one record.
+    #[tracing::instrument(skip_all, fields(image_id = id.as_str()))]
+    pub async fn get_image(
+        &self,
+        id: &ImageId,
+        user: &UserId,
+        request_id: &RequestId,
+    ) -> Result<BddAnswer, BddError> {
+        let path = format!("/api/images/{}?{}", id.as_str(), owner_query(user));
+        self.call(reqwest::Method::GET, path, None, request_id, Idempotent::Yes)
+            .await
+    }
+
+    /// `DELETE /api/images/{id}?userId&user_id`: removes a record.
+    #[tracing::instrument(skip_all, fields(image_id = id.as_str()))]
+    pub async fn delete_image(
+        &self,
+        id: &ImageId,
+        user: &UserId,
+        request_id: &RequestId,
+    ) -> Result<BddAnswer, BddError> {
+        let path = format!("/api/images/{}?{}", id.as_str(), owner_query(user));
+        self.call(reqwest::Method::DELETE, path, None, request_id, Idempotent::Yes)
+            .await
+    }
+
+    /// `PATCH /api/images/{id}/status`: re-labels a record.
+    #[tracing::instrument(skip_all, fields(image_id = id.as_str()))]
+    pub async fn update_status(
+        &self,
+        id: &ImageId,
+        user: &UserId,
+        status: ImageStatus,
+        request_id: &RequestId,
+    ) -> Result<BddAnswer, BddError> {
+        let body = json!({
+            "status": status.as_str(),
+            "user_id": user.as_str(),
+            "userId": user.as_str(),
+        });
+        let path = format!("/api/images/{}/status", id.as_str());
+        self.call(reqwest::Method::PATCH, path, Some(body), request_id, Idempotent::No)
+            .await
+    }
+
+    /// `GET /api/health` (readiness).
+    pub async fn health(&self, request_id: &RequestId) -> Result<(), BddError> {
+        self.call(reqwest::Method::GET, "/api/health".into(), None, request_id, Idempotent::No)
+            .await
+            .map(drop)
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path_and_query: String,
+        body: Option<Value>,
+        request_id: &RequestId,
+        idempotent: Idempotent,
+    ) -> Result<BddAnswer, BddError> {
+        let started = Instant::now();
+        let mut result = self.exchange(&method, &path_and_query, &body, request_id).await;
+        if idempotent == Idempotent::Yes {
+            if let Err(Retry(t)) = &result {
+                tracing::info!(upstream = "bdd", error = ?t, "retrying once after a connection failure");
+                result = self.exchange(&method, &path_and_query, &body, request_id).await;
+            }
+        }
+        let result = result.map_err(|e| match e {
+            Outcome::Retry(t) => BddError::from(t),
+            Outcome::Final(e) => e,
+        });
+        if let Err(e) = &result {
+            if !matches!(e, BddError::Rejected { .. }) {
+                tracing::warn!(upstream = "bdd", %method, error = %e, latency_ms = started.elapsed().as_millis() as u64, "BDD call failed");
+            }
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        method: &reqwest::Method,
+        path_and_query: &str,
+        body: &Option<Value>,
+        request_id: &RequestId,
+    ) -> Result<BddAnswer, Outcome> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path_and_query}", self.base))
+            .timeout(self.timeout)
+            .header(&X_REQUEST_ID, request_id.as_str());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| Transport::classify(&e).into_outcome())?;
+        let status = response.status();
+        let bytes = match read_limited(response, MAX_ANSWER_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(ReadError::Transport(e)) => return Err(Transport::classify(&e).into_outcome()),
+            Err(ReadError::TooLarge) => {
+                return Err(Outcome::Final(BddError::Failed("answer too large".into())))
+            }
+        };
+        classify(status, bytes).map_err(Outcome::Final)
+    }
+}
+
+/// `Retry` marks failures an idempotent call may try again.
+enum Outcome {
+    Retry(Transport),
+    Final(BddError),
+}
+use Outcome::Retry;
+
+impl Transport {
+    fn into_outcome(self) -> Outcome {
+        if self.is_retryable() {
+            Outcome::Retry(self)
+        } else {
+            Outcome::Final(self.into())
+        }
+    }
+}
+
+/// `userId` is what the BDD filters on; `user_id` is kept for older versions.
+fn owner_query(user: &UserId) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("userId", user.as_str())
+        .append_pair("user_id", user.as_str())
+        .finish()
+}
+
+fn classify(status: StatusCode, body: Bytes) -> Result<BddAnswer, BddError> {
+    let json: Option<Value> = serde_json::from_slice(&body).ok();
+    match (status.as_u16(), json) {
+        (200..=299, Some(json)) => Ok(BddAnswer { body, json }),
+        (200..=299, None) => Err(BddError::Failed(format!("HTTP {status} with a body that is not JSON"))),
+        (400..=499, Some(_)) => Err(BddError::Rejected { status, body }),
+        (404, None) => Err(BddError::Unsupported),
+        (_, _) => Err(BddError::Failed(format!("HTTP {}", status.as_u16()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_as_the_contract_says() {
+        assert!(classify(StatusCode::OK, Bytes::from_static(br#"{"success":true}"#)).is_ok());
+        assert!(matches!(
+            classify(StatusCode::NOT_FOUND, Bytes::from_static(br#"{"success":false}"#)),
+            Err(BddError::Rejected { status: StatusCode::NOT_FOUND, .. })
+        ));
+        assert_eq!(
+            classify(StatusCode::NOT_FOUND, Bytes::from_static(b"<pre>Cannot PATCH</pre>")).unwrap_err(),
+            BddError::Unsupported
+        );
+        assert!(matches!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(br#"{"e":1}"#)),
+            Err(BddError::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn owner_query_encodes_both_names() {
+        let user = UserId::parse("user_A-1").unwrap();
+        assert_eq!(owner_query(&user), "userId=user_A-1&user_id=user_A-1");
+    }
+}

@@ -1,0 +1,91 @@
+//! Clients of the services behind this one, over one pooled HTTP client.
+//!
+//! Each client owns its base URL, its secret and its timeout, classifies
+//! failures into its own error enum, and sends the request id upstream.
+
+pub mod bdd;
+pub mod storage;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+/// Builds the one HTTP client shared by every upstream call.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("image-service/", env!("CARGO_PKG_VERSION")))
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        // Upstreams are named by configuration, never by what they answer.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// How a call failed below HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// No answer within the timeout.
+    Timeout,
+    /// Could not connect (refused, DNS failure).
+    Connect(String),
+    /// Connected, but the connection closed or broke before a full answer.
+    Closed(String),
+}
+
+impl Transport {
+    pub(crate) fn classify(e: &reqwest::Error) -> Self {
+        if e.is_timeout() {
+            Self::Timeout
+        } else if e.is_connect() {
+            Self::Connect(error_chain(e))
+        } else {
+            Self::Closed(error_chain(e))
+        }
+    }
+
+    /// Whether a retry of an idempotent call may help.
+    pub(crate) fn is_retryable(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::Closed(_))
+    }
+}
+
+/// The error and its sources on one line; reqwest hides the useful part in sources.
+/// The URL is left out: it may carry user ids in its query.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(&format!(" for url ({url})"), "");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Reads a response body, refusing more than `limit` bytes.
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, ReadError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(ReadError::Transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(ReadError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    TooLarge,
+    Transport(reqwest::Error),
+}

@@ -1,0 +1,435 @@
+//! Configuration, read once at start-up from the environment (contract §1).
+//!
+//! Every variable is checked before the service starts; all problems are
+//! reported together, one line each, naming the variable and never echoing a
+//! secret.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A value that must never be printed (keys, tokens).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+/// How Clerk session tokens are verified.
+#[derive(Debug, Clone)]
+pub struct ClerkConfig {
+    /// Exact `iss` every token must carry.
+    pub issuer: String,
+    /// Where the JSON Web Key Set is fetched from.
+    pub jwks_url: String,
+    /// PEM public key; when set, no JWKS is ever fetched.
+    pub jwt_key_pem: Option<String>,
+    /// Allowed `azp` values; `None` accepts any.
+    pub authorized_parties: Option<Vec<String>>,
+    /// Leeway for `exp` and `nbf`.
+    pub clock_skew: Duration,
+    /// How often the key set is refreshed in the background (under 10 min).
+    pub refresh_interval: Duration,
+    /// Least time between two refetches caused by unknown `kid`s.
+    pub unknown_kid_cooldown: Duration,
+}
+
+/// Where and how images are stored.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Supabase project URL, without a trailing slash.
+    pub url: String,
+    /// Service role key, sent as `Authorization` and `apikey`.
+    pub service_key: Secret,
+    /// Public bucket holding the images.
+    pub bucket: String,
+}
+
+/// The whole configuration of the service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listening address.
+    pub host: IpAddr,
+    /// Listening port (0 picks a free one, as tests do).
+    pub port: u16,
+    /// Token verification.
+    pub clerk: ClerkConfig,
+    /// Supabase Storage.
+    pub storage: StorageConfig,
+    /// BDD service base URL, without a trailing slash.
+    pub bdd_url: String,
+    /// Origins allowed by CORS.
+    pub frontend_origins: Vec<String>,
+    /// Largest decoded image, in bytes.
+    pub max_image_bytes: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Timeout of each call to the BDD service and the JWKS endpoint.
+    pub upstream_timeout: Duration,
+    /// Timeout of each call to Supabase Storage.
+    pub upload_timeout: Duration,
+    /// Requests per user per minute on `/api/images*`; 0 turns it off.
+    pub rate_limit_per_minute: u32,
+    /// `tracing` filter directive.
+    pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Budget of the whole `/api/ready` check.
+    pub ready_timeout: Duration,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+/// Every problem found in the environment, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the process environment (call `dotenvy` before, if wanted).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup`, so tests can pass a map.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            lookup: &lookup,
+            problems: Vec::new(),
+        };
+
+        let host = r.parsed("HOST", "0.0.0.0", "an IP address");
+        let port = r.parsed("PORT", "5002", "a port number (0-65535)");
+
+        let issuer = r.required("CLERK_ISSUER").map(trim_slash);
+        if let Some(issuer) = &issuer {
+            r.check_url("CLERK_ISSUER", issuer);
+        }
+        let jwks_url = match r.optional("CLERK_JWKS_URL") {
+            Some(url) => {
+                r.check_url("CLERK_JWKS_URL", &url);
+                url
+            }
+            None => format!(
+                "{}/.well-known/jwks.json",
+                issuer.clone().unwrap_or_default()
+            ),
+        };
+        let jwt_key_pem = r.optional("CLERK_JWT_KEY").map(|pem| pem.replace("\\n", "\n"));
+        if let Some(pem) = &jwt_key_pem {
+            if jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).is_err() {
+                r.problem("CLERK_JWT_KEY: not a PEM-encoded RSA public key");
+            }
+        }
+        let authorized_parties = r.optional("CLERK_AUTHORIZED_PARTIES").map(|list| {
+            list.split(',')
+                .map(|p| trim_slash(p.trim().to_owned()))
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+        });
+        let clock_skew: Option<u64> =
+            r.parsed("CLERK_CLOCK_SKEW_SECS", "5", "a whole number of seconds");
+
+        let storage_url = r.required("SUPABASE_URL").map(trim_slash);
+        if let Some(url) = &storage_url {
+            r.check_url("SUPABASE_URL", url);
+        }
+        let service_key = match r.optional("SUPABASE_SERVICE_ROLE_KEY") {
+            Some(key) => Some(key),
+            None => r.optional("SUPABASE_SERVICE_KEY"),
+        };
+        if service_key.is_none() {
+            r.problem("SUPABASE_SERVICE_ROLE_KEY: required but not set (SUPABASE_SERVICE_KEY is accepted too)");
+        }
+        let bucket = r.optional("SUPABASE_BUCKET_NAME").unwrap_or_else(|| "images".into());
+        if !bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            r.problem(format!(
+                "SUPABASE_BUCKET_NAME: {bucket:?} may only hold letters, digits, '_', '-' and '.'"
+            ));
+        }
+
+        let bdd_url = trim_slash(
+            r.optional("BDD_SERVICE_URL")
+                .unwrap_or_else(|| "http://localhost:9002".into()),
+        );
+        r.check_url("BDD_SERVICE_URL", &bdd_url);
+
+        let frontend = r.optional("FRONTEND_URL").unwrap_or_else(|| "http://localhost:3000".into());
+        let frontend_origins: Vec<String> = frontend
+            .split(',')
+            .map(|o| trim_slash(o.trim().to_owned()))
+            .filter(|o| !o.is_empty())
+            .collect();
+        for origin in &frontend_origins {
+            if origin == "*" || url::Url::parse(origin).is_err() || origin.contains(['\r', '\n']) {
+                r.problem(format!(
+                    "FRONTEND_URL: {origin:?} is not an origin like http://localhost:3000"
+                ));
+            }
+        }
+
+        let max_image_bytes = r.positive("MAX_IMAGE_BYTES", "10485760");
+        let max_body_bytes = r.positive("MAX_BODY_BYTES", "52428800");
+        let upstream_timeout = r.positive("UPSTREAM_TIMEOUT_MS", "10000");
+        let upload_timeout = r.positive("UPLOAD_TIMEOUT_MS", "30000");
+        let rate_limit_per_minute =
+            r.parsed("RATE_LIMIT_PER_MINUTE", "0", "a whole number (0 turns it off)");
+
+        let log_level = r.optional("LOG_LEVEL").unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            r.problem(format!("LOG_LEVEL: {log_level:?} is not a tracing filter such as info or image_service=debug"));
+        }
+        let log_format = match r.optional("LOG_FORMAT").as_deref() {
+            None | Some("json") => Some(LogFormat::Json),
+            Some("pretty") => Some(LogFormat::Pretty),
+            Some(other) => {
+                r.problem(format!("LOG_FORMAT: expected json or pretty, got {other:?}"));
+                None
+            }
+        };
+
+        if !r.problems.is_empty() {
+            return Err(ConfigError(r.problems));
+        }
+        // Every `None` below has pushed a problem, so this is unreachable in practice;
+        // the `ok_or` keeps it a reported error rather than a panic.
+        let missing = || ConfigError(vec!["configuration: internal inconsistency".into()]);
+        Ok(Config {
+            host: host.ok_or_else(missing)?,
+            port: port.ok_or_else(missing)?,
+            clerk: ClerkConfig {
+                issuer: issuer.ok_or_else(missing)?,
+                jwks_url,
+                jwt_key_pem,
+                authorized_parties,
+                clock_skew: Duration::from_secs(clock_skew.ok_or_else(missing)?),
+                refresh_interval: Duration::from_secs(5 * 60),
+                unknown_kid_cooldown: Duration::from_secs(30),
+            },
+            storage: StorageConfig {
+                url: storage_url.ok_or_else(missing)?,
+                service_key: Secret::new(service_key.ok_or_else(missing)?),
+                bucket,
+            },
+            bdd_url,
+            frontend_origins,
+            max_image_bytes: max_image_bytes.ok_or_else(missing)? as usize,
+            max_body_bytes: max_body_bytes.ok_or_else(missing)? as usize,
+            upstream_timeout: Duration::from_millis(upstream_timeout.ok_or_else(missing)?),
+            upload_timeout: Duration::from_millis(upload_timeout.ok_or_else(missing)?),
+            rate_limit_per_minute: rate_limit_per_minute.ok_or_else(missing)?,
+            log_level,
+            log_format: log_format.ok_or_else(missing)?,
+            ready_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(30),
+        })
+    }
+
+    /// Public URL prefix of the bucket: `{SUPABASE_URL}/storage/v1/object/public/{bucket}/`.
+    pub fn public_url_prefix(&self) -> String {
+        format!(
+            "{}/storage/v1/object/public/{}/",
+            self.storage.url, self.storage.bucket
+        )
+    }
+}
+
+/// Collects problems while reading variables.
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn problem(&mut self, line: impl Into<String>) {
+        self.problems.push(line.into());
+    }
+
+    /// A set, non-blank value; blank counts as unset (as in many `.env` files).
+    fn optional(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&mut self, name: &str) -> Option<String> {
+        let value = self.optional(name);
+        if value.is_none() {
+            self.problem(format!("{name}: required but not set"));
+        }
+        value
+    }
+
+    fn parsed<T: FromStr>(&mut self, name: &str, default: &str, expected: &str) -> Option<T> {
+        let raw = self.optional(name).unwrap_or_else(|| default.to_owned());
+        match raw.parse() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.problem(format!("{name}: expected {expected}, got {raw:?}"));
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, name: &str, default: &str) -> Option<u64> {
+        match self.parsed::<u64>(name, default, "a whole number above 0") {
+            Some(0) => {
+                self.problem(format!("{name}: expected a whole number above 0, got \"0\""));
+                None
+            }
+            other => other,
+        }
+    }
+
+    fn check_url(&mut self, name: &str, value: &str) {
+        match url::Url::parse(value) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            _ => self.problem(format!("{name}: expected an http(s) URL, got {value:?}")),
+        }
+    }
+}
+
+fn trim_slash(mut s: String) -> String {
+    while s.ends_with('/') {
+        s.pop();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const MINIMAL: &[(&str, &str)] = &[
+        ("CLERK_ISSUER", "https://example.clerk.accounts.dev/"),
+        ("SUPABASE_URL", "https://xyz.supabase.co"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "service-key"),
+    ];
+
+    #[test]
+    fn minimal_environment_gets_the_documented_defaults() {
+        let c = config(MINIMAL).unwrap();
+        assert_eq!(c.port, 5002);
+        assert_eq!(c.host.to_string(), "0.0.0.0");
+        assert_eq!(c.clerk.issuer, "https://example.clerk.accounts.dev");
+        assert_eq!(
+            c.clerk.jwks_url,
+            "https://example.clerk.accounts.dev/.well-known/jwks.json"
+        );
+        assert_eq!(c.storage.bucket, "images");
+        assert_eq!(c.bdd_url, "http://localhost:9002");
+        assert_eq!(c.frontend_origins, vec!["http://localhost:3000"]);
+        assert_eq!(c.max_image_bytes, 10_485_760);
+        assert_eq!(c.max_body_bytes, 52_428_800);
+        assert_eq!(c.upstream_timeout, Duration::from_secs(10));
+        assert_eq!(c.upload_timeout, Duration::from_secs(30));
+        assert_eq!(c.clerk.clock_skew, Duration::from_secs(5));
+        assert_eq!(c.rate_limit_per_minute, 0);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_naming_its_variable() {
+        let err = config(&[("PORT", "http"), ("LOG_FORMAT", "xml")]).unwrap_err();
+        let text = err.to_string();
+        for name in [
+            "PORT",
+            "CLERK_ISSUER",
+            "SUPABASE_URL",
+            "SUPABASE_SERVICE_ROLE_KEY",
+            "LOG_FORMAT",
+        ] {
+            assert!(text.contains(name), "{name} missing from {text}");
+        }
+        assert_eq!(err.0.len(), 5);
+    }
+
+    #[test]
+    fn the_old_service_key_name_is_an_alias() {
+        let mut vars = MINIMAL.to_vec();
+        vars.retain(|(k, _)| *k != "SUPABASE_SERVICE_ROLE_KEY");
+        vars.push(("SUPABASE_SERVICE_KEY", "old-name"));
+        assert_eq!(config(&vars).unwrap().storage.service_key.expose(), "old-name");
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        let mut vars = MINIMAL.to_vec();
+        vars.push(("MAX_IMAGE_BYTES", "lots"));
+        let c = config(MINIMAL).unwrap();
+        assert!(!format!("{c:?}").contains("service-key"));
+        let err = config(&vars).unwrap_err().to_string();
+        assert!(!err.contains("service-key"));
+    }
+
+    #[test]
+    fn frontend_url_accepts_a_comma_list() {
+        let mut vars = MINIMAL.to_vec();
+        vars.push(("FRONTEND_URL", "http://a.test, https://b.test/"));
+        assert_eq!(
+            config(&vars).unwrap().frontend_origins,
+            vec!["http://a.test", "https://b.test"]
+        );
+    }
+
+    #[test]
+    fn a_malformed_pem_key_is_refused() {
+        let mut vars = MINIMAL.to_vec();
+        vars.push(("CLERK_JWT_KEY", "not a key"));
+        assert!(config(&vars).unwrap_err().to_string().contains("CLERK_JWT_KEY"));
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let mut vars = MINIMAL.to_vec();
+        vars.push(("UPSTREAM_TIMEOUT_MS", "0"));
+        assert!(config(&vars)
+            .unwrap_err()
+            .to_string()
+            .contains("UPSTREAM_TIMEOUT_MS"));
+    }
+}

@@ -1,0 +1,93 @@
+//! Extractors whose rejections answer in the contract's error shape.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::{header, request::Parts, StatusCode};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::domain::{FieldError, ImageId, Location};
+use crate::error::ApiError;
+
+/// A JSON body: `415` without a JSON content type, `413` over the body limit,
+/// `400 JSON invalide` when it does not parse.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::InvalidJson(rejection.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(Self)
+            .map_err(|e| ApiError::InvalidJson(e.to_string()))
+    }
+}
+
+/// `application/json` or any `application/*+json`, parameters allowed.
+fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(essence) = content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+    else {
+        return false;
+    };
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The `:id` path parameter, checked; the handler decides when to report a
+/// failure, so it can be listed with the body's own failures.
+pub struct IdParam(pub Result<ImageId, FieldError>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(raw)) => Ok(Self(ImageId::parse(&raw))),
+            // Not UTF-8 once percent-decoded: report the segment as received.
+            Err(_) => {
+                let raw = parts
+                    .uri
+                    .path()
+                    .strip_prefix("/api/images/")
+                    .and_then(|rest| rest.split('/').next())
+                    .unwrap_or_default();
+                Ok(Self(Err(FieldError::new(
+                    Location::Params,
+                    "id",
+                    Some(Value::String(raw.to_owned())),
+                    crate::domain::msg::ID,
+                ))))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn json_content_types() {
+        let ok = |s: &str| is_json(Some(&HeaderValue::from_str(s).unwrap()));
+        assert!(ok("application/json"));
+        assert!(ok("Application/JSON; charset=utf-8"));
+        assert!(ok("application/merge-patch+json"));
+        assert!(!ok("text/plain"));
+        assert!(!ok("application/x-www-form-urlencoded"));
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,246 @@
+//! HTTP behaviour shared by every route (contract §6): JSON bodies, CORS,
+//! security headers, request ids and the one log line per request.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::error::{ApiError, ErrorDetail};
+
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+const JSON_UTF8: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+
+/// A JSON body: built here, or received from the BDD service and passed on untouched.
+pub enum JsonBody {
+    /// A value to serialise.
+    Value(Value),
+    /// Bytes that already are JSON.
+    Raw(Bytes),
+}
+
+impl From<Value> for JsonBody {
+    fn from(v: Value) -> Self {
+        Self::Value(v)
+    }
+}
+
+impl From<Bytes> for JsonBody {
+    fn from(b: Bytes) -> Self {
+        Self::Raw(b)
+    }
+}
+
+/// A response with a JSON body and `application/json; charset=utf-8`.
+pub fn json_response(status: StatusCode, body: impl Into<JsonBody>) -> Response {
+    let bytes = match body.into() {
+        JsonBody::Raw(bytes) => bytes,
+        // Serialising a `Value` cannot fail: its map keys are strings.
+        JsonBody::Value(value) => Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
+    };
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, JSON_UTF8);
+    response
+}
+
+/// The request id of the request being served, for upstream calls.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+impl RequestId {
+    /// A caller's id is kept only if short and plain, so it is safe in logs and headers.
+    fn from_header(value: &HeaderValue) -> Option<Self> {
+        let s = value.to_str().ok()?;
+        let plain = (1..=128).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='));
+        plain.then(|| Self(s.into()))
+    }
+
+    fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string().into())
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Request id, span, and the one log line per request.
+///
+/// The span carries the request id and, once authenticated, the user id, so
+/// every line logged while serving the request carries them too.
+pub async fn request_context(mut req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(RequestId::from_header)
+        .unwrap_or_else(RequestId::generate);
+    req.extensions_mut().insert(request_id.clone());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id.as_str(),
+        method = %method,
+        path = %path,
+        user_id = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    let status = response.status().as_u16();
+    let error = response.extensions().get::<ErrorDetail>().map(|d| d.0.as_str());
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::warn!(status, latency_ms, error, "request failed");
+        } else {
+            tracing::info!(status, latency_ms, error, "request served");
+        }
+    });
+    response
+}
+
+/// Empty-bodied framework answers (405 from the router) get the contract's JSON shape.
+pub async fn json_fallbacks(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        let (parts, _) = response.into_parts();
+        let mut json = ApiError::MethodNotAllowed.into_response();
+        if let Some(allow) = parts.headers.get(header::ALLOW) {
+            json.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        return json;
+    }
+    response
+}
+
+/// The old service's helmet set, adapted to a JSON API.
+const SECURITY_HEADERS: [(&str, &str); 9] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "SAMEORIGIN"),
+    ("referrer-policy", "no-referrer"),
+    ("strict-transport-security", "max-age=15552000; includeSubDomains"),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-resource-policy", "same-origin"),
+    ("x-dns-prefetch-control", "off"),
+    ("x-permitted-cross-domain-policies", "none"),
+    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+];
+
+/// Adds the security headers to every answer.
+pub async fn security_headers(req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    response
+}
+
+/// Origins allowed by CORS.
+#[derive(Debug, Clone)]
+pub struct AllowedOrigins(Arc<[HeaderValue]>);
+
+impl AllowedOrigins {
+    /// From the configured origins (already validated).
+    pub fn new(origins: &[String]) -> Self {
+        Self(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect(),
+        )
+    }
+
+    fn allowed(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let origin = headers.get(header::ORIGIN)?;
+        self.0.iter().any(|o| o == origin).then(|| origin.clone())
+    }
+}
+
+const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS");
+
+/// CORS for the frontend origins only, with credentials.
+///
+/// Hand-rolled rather than tower-http's `CorsLayer` because the contract wants
+/// preflights answered `204` and no CORS header at all for other origins,
+/// where `CorsLayer` answers `200` and always sends `allow-credentials`.
+pub async fn cors(State(origins): State<AllowedOrigins>, req: Request, next: Next) -> Response {
+    let origin = origins.allowed(req.headers());
+    let preflight = req.method() == Method::OPTIONS
+        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if preflight {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::VARY,
+            HeaderValue::from_static(
+                "origin, access-control-request-method, access-control-request-headers",
+            ),
+        );
+        if let Some(origin) = origin {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+            headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS);
+            if let Some(asked) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+                headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+            }
+            headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        }
+        return response;
+    }
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    if let Some(origin) = origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id, retry-after"),
+        );
+    }
+    response
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate))
+    }
+}

@@ -1,0 +1,62 @@
+//! Entry point: `image-service` serves from the environment; `image-service dev`
+//! serves on the embedded dev stack.
+
+use std::process::ExitCode;
+
+use image_service::app::App;
+use image_service::config::Config;
+use image_service::telemetry;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => serve().await,
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("unknown argument {other:?}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+const USAGE: &str = "\
+image-service            serve, configured by the environment (and ./.env)
+image-service dev        serve on the embedded dev stack: local Clerk, Storage and BDD
+image-service --help     this text";
+
+async fn serve() -> ExitCode {
+    // Variables already in the environment win over the file.
+    let _ = dotenvy::dotenv();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(problems) => {
+            eprintln!("image-service: configuration problems:");
+            for line in &problems.0 {
+                eprintln!("  {line}");
+            }
+            eprintln!("\nSee env.example. To try the service with no Clerk or Supabase account, run the dev stack:\n  cargo run -- dev");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&config.log_level, config.log_format);
+    let app = match App::build(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("image-service: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(addr = %app.local_addr(), "image service listening");
+    match app.run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

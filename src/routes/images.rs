@@ -1,0 +1,238 @@
+//! `/api/images*` handlers: authenticate, validate, then orchestrate Storage and the BDD.
+//!
+//! Creates and deletes run as tracked tasks: a client hanging up mid-way must
+//! not leave an uploaded object without its record, or half a delete.
+
+use std::future::Future;
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use crate::auth::AuthUser;
+use crate::clients::bdd::BddAnswer;
+use crate::clients::storage::StorageOp;
+use crate::domain::{
+    object_path_of, parse_status_body, ImageId, ListQuery, NewImage, NewImageError, UserId,
+};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, IdParam};
+use crate::http::{json_response, RequestId};
+use crate::state::AppState;
+
+/// `POST /api/images`: upload to Storage, then record in the BDD.
+pub async fn create(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    request_id: RequestId,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let image = NewImage::parse(body, state.config.max_image_bytes).map_err(|e| match e {
+        NewImageError::Invalid(details) => ApiError::Validation(details),
+        NewImageError::TooLarge => ApiError::PayloadTooLarge,
+    })?;
+    run_to_completion(&state, create_flow(state.clone(), user, image, request_id)).await
+}
+
+async fn create_flow(
+    state: AppState,
+    user: UserId,
+    image: NewImage,
+    request_id: RequestId,
+) -> Result<Response, ApiError> {
+    let path = format!(
+        "{}/{}_generated_{}.{}",
+        user.as_str(),
+        chrono::Utc::now().timestamp_millis(),
+        uuid::Uuid::new_v4(),
+        image.image.kind.extension()
+    );
+    state
+        .storage
+        .upload(&path, image.image.bytes, image.image.kind.content_type(), &request_id)
+        .await
+        .map_err(|e| ApiError::Storage(StorageOp::Upload, e))?;
+    let url = state.storage.public_url(&path);
+
+    let created = state
+        .bdd
+        .create_image(&user, &image.prompt, &url, &image.metadata, &request_id)
+        .await
+        .and_then(|answer| {
+            let record = answer.data().cloned().unwrap_or(Value::Null);
+            let id = first_of(&record, "id", "image_id")
+                .ok_or_else(|| crate::clients::bdd::BddError::Failed("created record has no id".into()))?;
+            Ok((id, first_of(&record, "createdAt", "created_at")))
+        });
+    let (id, created_at) = match created {
+        Ok(found) => found,
+        Err(e) => {
+            // The record does not exist: the object must not outlive it.
+            if let Err(remove) = state.storage.remove(&path, &request_id).await {
+                tracing::error!(path, error = %remove, "orphan object left in Storage after a failed create");
+            }
+            return Err(e.into());
+        }
+    };
+    tracing::info!(image_id = %id, path, "image stored");
+    Ok(json_response(
+        StatusCode::CREATED,
+        json!({"success": true, "data": {
+            "image_id": id,
+            "user_id": user.as_str(),
+            "prompt": image.prompt,
+            "image_url": url,
+            "created_at": created_at.unwrap_or(Value::Null),
+            "status": "generated",
+            "metadata": image.metadata,
+        }}),
+    ))
+}
+
+/// `GET /api/images`: one page of the caller's images.
+pub async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    request_id: RequestId,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = ListQuery::parse(query.as_deref()).map_err(ApiError::Validation)?;
+    let answer = state.bdd.list_images(&user, &query, &request_id).await?;
+    let mut data = answer
+        .data()
+        .cloned()
+        .unwrap_or_else(|| json!({"images": [], "pagination": {"total": 0}}));
+    // Defence in depth: a BDD that ignored the owner filter must not leak records.
+    if let Some(images) = data.get_mut("images").and_then(Value::as_array_mut) {
+        let before = images.len();
+        images.retain(|record| owner_of(record).is_none_or(|owner| user.owns(owner)));
+        if images.len() != before {
+            tracing::error!(dropped = before - images.len(), "BDD listed records of other users");
+        }
+    }
+    Ok(json_response(StatusCode::OK, json!({"success": true, "data": data})))
+}
+
+/// `GET /api/images/:id`: the BDD's answer as it is, if the caller owns it.
+pub async fn get_one(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    request_id: RequestId,
+    IdParam(id): IdParam,
+) -> Result<Response, ApiError> {
+    let id = id.map_err(|e| ApiError::Validation(vec![e]))?;
+    let answer = fetch_owned(&state, &id, &user, &request_id).await?;
+    Ok(json_response(StatusCode::OK, answer.body))
+}
+
+/// `DELETE /api/images/:id`: remove the object, then the record.
+pub async fn delete(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    request_id: RequestId,
+    IdParam(id): IdParam,
+) -> Result<Response, ApiError> {
+    let id = id.map_err(|e| ApiError::Validation(vec![e]))?;
+    run_to_completion(&state, delete_flow(state.clone(), id, user, request_id)).await
+}
+
+async fn delete_flow(
+    state: AppState,
+    id: ImageId,
+    user: UserId,
+    request_id: RequestId,
+) -> Result<Response, ApiError> {
+    let answer = fetch_owned(&state, &id, &user, &request_id).await?;
+    let record = answer.data().cloned().unwrap_or(Value::Null);
+    match first_of(&record, "imageUrl", "image_url") {
+        Some(Value::String(url)) => {
+            match object_path_of(&url, state.storage.public_prefix(), &user) {
+                Some(path) => state
+                    .storage
+                    .remove(&path, &request_id)
+                    .await
+                    .map_err(|e| ApiError::Storage(StorageOp::Removal, e))?,
+                None => tracing::warn!(url, "image URL is not one of ours: nothing removed from Storage"),
+            }
+        }
+        _ => tracing::warn!("record has no image URL: nothing removed from Storage"),
+    }
+    state.bdd.delete_image(&id, &user, &request_id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"success": true, "message": "Image supprimée avec succès"}),
+    ))
+}
+
+/// `PATCH /api/images/:id/status`: the BDD's answer as it is.
+pub async fn update_status(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    request_id: RequestId,
+    IdParam(id): IdParam,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let status = parse_status_body(&body);
+    let (id, status) = match (id, status) {
+        (Ok(id), Ok(status)) => (id, status),
+        (id, status) => {
+            return Err(ApiError::Validation(
+                [id.err(), status.err()].into_iter().flatten().collect(),
+            ))
+        }
+    };
+    // The BDD's PATCH takes the owner in the body, which a BDD may ignore:
+    // check ownership first, as for reads and deletes.
+    fetch_owned(&state, &id, &user, &request_id).await?;
+    let answer = state
+        .bdd
+        .update_status(&id, &user, status, &request_id)
+        .await?;
+    Ok(json_response(StatusCode::OK, answer.body))
+}
+
+/// Reads a record, answering `404` when it belongs to someone else.
+async fn fetch_owned(
+    state: &AppState,
+    id: &ImageId,
+    user: &UserId,
+    request_id: &RequestId,
+) -> Result<BddAnswer, ApiError> {
+    let answer = state.bdd.get_image(id, user, request_id).await?;
+    if let Some(owner) = answer.data().and_then(owner_of) {
+        if !user.owns(owner) {
+            tracing::error!(image_id = id.as_str(), "BDD returned another user's record");
+            return Err(ApiError::ImageNotFound);
+        }
+    }
+    Ok(answer)
+}
+
+fn owner_of(record: &Value) -> Option<&str> {
+    first_of_ref(record, "userId", "user_id").and_then(Value::as_str)
+}
+
+fn first_of_ref<'a>(record: &'a Value, camel: &str, snake: &str) -> Option<&'a Value> {
+    record
+        .get(camel)
+        .filter(|v| !v.is_null())
+        .or_else(|| record.get(snake).filter(|v| !v.is_null()))
+}
+
+fn first_of(record: &Value, camel: &str, snake: &str) -> Option<Value> {
+    first_of_ref(record, camel, snake).cloned()
+}
+
+/// Runs a multi-step operation as a tracked task that finishes even if the client leaves.
+async fn run_to_completion(
+    state: &AppState,
+    flow: impl Future<Output = Result<Response, ApiError>> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let task = state
+        .tasks
+        .spawn(flow.instrument(tracing::Span::current()));
+    task.await
+        .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?
+}

@@ -1,0 +1,36 @@
+//! The router: every path of the contract, and the layers around it.
+
+pub mod health;
+pub mod images;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, patch};
+use axum::{middleware, Router};
+
+use crate::error::ApiError;
+use crate::http::{self, AllowedOrigins};
+use crate::state::AppState;
+
+/// Builds the application router with its state and layers.
+pub fn router(state: AppState) -> Router {
+    let origins = AllowedOrigins::new(&state.config.frontend_origins);
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/api/health", get(health::service))
+        .route("/api/ready", get(health::ready))
+        .route("/api/images/health", get(health::images))
+        .route("/api/images", get(images::list).post(images::create))
+        .route(
+            "/api/images/{id}",
+            get(images::get_one).delete(images::delete),
+        )
+        .route("/api/images/{id}/status", patch(images::update_status))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .with_state(state)
+        // Layers run bottom-up on the way in: the request id is set first.
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(http::json_fallbacks))
+        .layer(middleware::from_fn_with_state(origins, http::cors))
+        .layer(middleware::from_fn(http::security_headers))
+        .layer(middleware::from_fn(http::request_context))
+}
