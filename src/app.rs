@@ -84,7 +84,10 @@ impl App {
 
     /// Serves until `shutdown` completes, then lets requests and their
     /// tasks in flight finish, for at most the configured grace period.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let grace = self.state.config.shutdown_grace;
         let tasks = self.state.tasks.clone();
         let stopping = Arc::new(tokio::sync::Notify::new());

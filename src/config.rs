@@ -147,7 +147,9 @@ impl Config {
                 issuer.clone().unwrap_or_default()
             ),
         };
-        let jwt_key_pem = r.optional("CLERK_JWT_KEY").map(|pem| pem.replace("\\n", "\n"));
+        let jwt_key_pem = r
+            .optional("CLERK_JWT_KEY")
+            .map(|pem| pem.replace("\\n", "\n"));
         if let Some(pem) = &jwt_key_pem {
             if jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).is_err() {
                 r.problem("CLERK_JWT_KEY: not a PEM-encoded RSA public key");
@@ -173,7 +175,9 @@ impl Config {
         if service_key.is_none() {
             r.problem("SUPABASE_SERVICE_ROLE_KEY: required but not set (SUPABASE_SERVICE_KEY is accepted too)");
         }
-        let bucket = r.optional("SUPABASE_BUCKET_NAME").unwrap_or_else(|| "images".into());
+        let bucket = r
+            .optional("SUPABASE_BUCKET_NAME")
+            .unwrap_or_else(|| "images".into());
         if !bucket
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -189,7 +193,9 @@ impl Config {
         );
         r.check_url("BDD_SERVICE_URL", &bdd_url);
 
-        let frontend = r.optional("FRONTEND_URL").unwrap_or_else(|| "http://localhost:3000".into());
+        let frontend = r
+            .optional("FRONTEND_URL")
+            .unwrap_or_else(|| "http://localhost:3000".into());
         let frontend_origins: Vec<String> = frontend
             .split(',')
             .map(|o| trim_slash(o.trim().to_owned()))
@@ -207,8 +213,11 @@ impl Config {
         let max_body_bytes = r.positive("MAX_BODY_BYTES", "52428800");
         let upstream_timeout = r.positive("UPSTREAM_TIMEOUT_MS", "10000");
         let upload_timeout = r.positive("UPLOAD_TIMEOUT_MS", "30000");
-        let rate_limit_per_minute =
-            r.parsed("RATE_LIMIT_PER_MINUTE", "0", "a whole number (0 turns it off)");
+        let rate_limit_per_minute = r.parsed(
+            "RATE_LIMIT_PER_MINUTE",
+            "0",
+            "a whole number (0 turns it off)",
+        );
 
         let log_level = r.optional("LOG_LEVEL").unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
@@ -218,7 +227,9 @@ impl Config {
             None | Some("json") => Some(LogFormat::Json),
             Some("pretty") => Some(LogFormat::Pretty),
             Some(other) => {
-                r.problem(format!("LOG_FORMAT: expected json or pretty, got {other:?}"));
+                r.problem(format!(
+                    "LOG_FORMAT: expected json or pretty, got {other:?}"
+                ));
                 None
             }
         };
@@ -309,7 +320,9 @@ impl Reader<'_> {
     fn positive(&mut self, name: &str, default: &str) -> Option<u64> {
         match self.parsed::<u64>(name, default, "a whole number above 0") {
             Some(0) => {
-                self.problem(format!("{name}: expected a whole number above 0, got \"0\""));
+                self.problem(format!(
+                    "{name}: expected a whole number above 0, got \"0\""
+                ));
                 None
             }
             other => other,
@@ -393,7 +406,10 @@ mod tests {
         let mut vars = MINIMAL.to_vec();
         vars.retain(|(k, _)| *k != "SUPABASE_SERVICE_ROLE_KEY");
         vars.push(("SUPABASE_SERVICE_KEY", "old-name"));
-        assert_eq!(config(&vars).unwrap().storage.service_key.expose(), "old-name");
+        assert_eq!(
+            config(&vars).unwrap().storage.service_key.expose(),
+            "old-name"
+        );
     }
 
     #[test]
@@ -420,7 +436,10 @@ mod tests {
     fn a_malformed_pem_key_is_refused() {
         let mut vars = MINIMAL.to_vec();
         vars.push(("CLERK_JWT_KEY", "not a key"));
-        assert!(config(&vars).unwrap_err().to_string().contains("CLERK_JWT_KEY"));
+        assert!(config(&vars)
+            .unwrap_err()
+            .to_string()
+            .contains("CLERK_JWT_KEY"));
     }
 
     #[test]

@@ -115,7 +115,8 @@ pub struct UserId(String);
 impl UserId {
     /// Checks a token's `sub`.
     pub fn parse(raw: &str) -> Option<Self> {
-        ((1..=128).contains(&raw.len()) && raw.bytes().all(is_id_byte)).then(|| Self(raw.to_owned()))
+        ((1..=128).contains(&raw.len()) && raw.bytes().all(is_id_byte))
+            .then(|| Self(raw.to_owned()))
     }
 
     /// The id as Clerk issued it.
@@ -356,9 +357,7 @@ impl DecodedImage {
         if decoded_len > max_bytes {
             return Err(ImageDataError::TooLarge);
         }
-        let bytes = BASE64
-            .decode(b64)
-            .map_err(|_| ImageDataError::NotBase64)?;
+        let bytes = BASE64.decode(b64).map_err(|_| ImageDataError::NotBase64)?;
         let kind = ImageKind::detect(&bytes).ok_or(ImageDataError::UnsupportedFormat)?;
         Ok(Self {
             bytes: Bytes::from(bytes),
@@ -457,7 +456,11 @@ impl NewImage {
         let mut errors = Vec::new();
         let field = |path, value: &Option<Value>, msg| {
             // imageData is never echoed: it can be megabytes.
-            let echoed = if path == "imageData" { None } else { value.clone() };
+            let echoed = if path == "imageData" {
+                None
+            } else {
+                value.clone()
+            };
             FieldError::new(Location::Body, path, echoed, msg)
         };
 
@@ -580,7 +583,10 @@ mod tests {
             }
         );
         let q = ListQuery::parse(Some("page=%2B2&limit=5&limit=500&status=printed")).unwrap();
-        assert_eq!((q.page, q.limit, q.status), (2, 5, Some(ImageStatus::Printed)));
+        assert_eq!(
+            (q.page, q.limit, q.status),
+            (2, 5, Some(ImageStatus::Printed))
+        );
     }
 
     #[test]
@@ -588,7 +594,13 @@ mod tests {
         let errors = ListQuery::parse(Some("status=x&limit=0&page=-1")).unwrap_err();
         let msgs: Vec<_> = errors.iter().map(FieldError::msg).collect();
         assert_eq!(msgs, vec![msg::PAGE, msg::LIMIT, msg::STATUS]);
-        for bad in ["page=1.5", "page=", "page=abc", "limit=101", "page=99999999999999999999999"] {
+        for bad in [
+            "page=1.5",
+            "page=",
+            "page=abc",
+            "limit=101",
+            "page=99999999999999999999999",
+        ] {
             assert!(ListQuery::parse(Some(bad)).is_err(), "{bad}");
         }
     }
@@ -599,7 +611,10 @@ mod tests {
         assert_eq!(plain.kind, ImageKind::Png);
         assert_eq!(&plain.bytes[..], PNG);
         let prefixed = format!("data:image/png;base64,{}", b64(PNG));
-        assert_eq!(DecodedImage::decode(&prefixed, 1024).unwrap().bytes, plain.bytes);
+        assert_eq!(
+            DecodedImage::decode(&prefixed, 1024).unwrap().bytes,
+            plain.bytes
+        );
         let jpeg = DecodedImage::decode(&b64(&[0xFF, 0xD8, 0xFF, 0xE0]), 1024).unwrap();
         assert_eq!(jpeg.kind.extension(), "jpg");
         let webp = DecodedImage::decode(&b64(b"RIFF\0\0\0\0WEBPVP8 "), 1024).unwrap();
@@ -609,12 +624,33 @@ mod tests {
     #[test]
     fn image_data_errors_are_classified() {
         use ImageDataError::*;
-        for bad in ["abc", "ab=c", "a===", "ab c", "Zm9v\n", "Zm9v-_==", "data:text/plain;base64,Zm9v"] {
-            assert_eq!(DecodedImage::decode(bad, 1024).unwrap_err(), NotBase64, "{bad}");
+        for bad in [
+            "abc",
+            "ab=c",
+            "a===",
+            "ab c",
+            "Zm9v\n",
+            "Zm9v-_==",
+            "data:text/plain;base64,Zm9v",
+        ] {
+            assert_eq!(
+                DecodedImage::decode(bad, 1024).unwrap_err(),
+                NotBase64,
+                "{bad}"
+            );
         }
-        assert_eq!(DecodedImage::decode(&b64(b"GIF89a"), 1024).unwrap_err(), UnsupportedFormat);
+        assert_eq!(
+            DecodedImage::decode(&b64(b"GIF89a"), 1024).unwrap_err(),
+            UnsupportedFormat
+        );
         assert_eq!(DecodedImage::decode(&b64(PNG), 4).unwrap_err(), TooLarge);
-        assert_eq!(DecodedImage::decode(&b64(PNG), PNG.len()).unwrap().bytes.len(), PNG.len());
+        assert_eq!(
+            DecodedImage::decode(&b64(PNG), PNG.len())
+                .unwrap()
+                .bytes
+                .len(),
+            PNG.len()
+        );
     }
 
     fn body(v: Value) -> Result<NewImage, NewImageError> {
@@ -636,12 +672,24 @@ mod tests {
             vec![msg::PROMPT_REQUIRED, msg::IMAGE_REQUIRED]
         );
         assert_eq!(
-            msgs(body(json!({"prompt": "é".repeat(1001), "imageData": "!!", "metadata": []}))),
-            vec![msg::PROMPT_TOO_LONG, msg::IMAGE_NOT_BASE64, msg::METADATA_OBJECT]
+            msgs(body(
+                json!({"prompt": "é".repeat(1001), "imageData": "!!", "metadata": []})
+            )),
+            vec![
+                msg::PROMPT_TOO_LONG,
+                msg::IMAGE_NOT_BASE64,
+                msg::METADATA_OBJECT
+            ]
         );
         assert_eq!(
-            msgs(body(json!({"prompt": 3, "imageData": b64(b"GIF89a"), "metadata": null}))),
-            vec![msg::PROMPT_REQUIRED, msg::IMAGE_FORMAT, msg::METADATA_OBJECT]
+            msgs(body(
+                json!({"prompt": 3, "imageData": b64(b"GIF89a"), "metadata": null})
+            )),
+            vec![
+                msg::PROMPT_REQUIRED,
+                msg::IMAGE_FORMAT,
+                msg::METADATA_OBJECT
+            ]
         );
         let ok = body(json!({"prompt": "é".repeat(1000), "imageData": b64(PNG)})).unwrap();
         assert_eq!(ok.metadata, json!({}));
@@ -655,7 +703,9 @@ mod tests {
     #[test]
     fn image_data_is_never_echoed() {
         let e = body(serde_json::json!({"prompt": "p", "imageData": "not base64"})).unwrap_err();
-        let NewImageError::Invalid(e) = e else { panic!() };
+        let NewImageError::Invalid(e) = e else {
+            panic!()
+        };
         assert!(!serde_json::to_string(&e).unwrap().contains("not base64"));
     }
 

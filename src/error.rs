@@ -168,7 +168,9 @@ impl IntoResponse for ApiError {
         }
         // Client mistakes are obvious from the status; keep detail for the rest.
         if status.is_server_error() || matches!(self, Self::InvalidToken(_) | Self::Bdd(_)) {
-            response.extensions_mut().insert(ErrorDetail(self.to_string()));
+            response
+                .extensions_mut()
+                .insert(ErrorDetail(self.to_string()));
         }
         response
     }

@@ -49,7 +49,9 @@ pub fn json_response(status: StatusCode, body: impl Into<JsonBody>) -> Response 
     };
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, JSON_UTF8);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, JSON_UTF8);
     response
 }
 
@@ -62,8 +64,10 @@ impl RequestId {
     fn from_header(value: &HeaderValue) -> Option<Self> {
         let s = value.to_str().ok()?;
         let plain = (1..=128).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'='));
+            && s.bytes().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'=')
+            });
         plain.then(|| Self(s.into()))
     }
 
@@ -105,7 +109,10 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
     let status = response.status().as_u16();
-    let error = response.extensions().get::<ErrorDetail>().map(|d| d.0.as_str());
+    let error = response
+        .extensions()
+        .get::<ErrorDetail>()
+        .map(|d| d.0.as_str());
     span.in_scope(|| {
         if status >= 500 {
             tracing::warn!(status, latency_ms, error, "request failed");
@@ -137,12 +144,18 @@ const SECURITY_HEADERS: [(&str, &str); 9] = [
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "SAMEORIGIN"),
     ("referrer-policy", "no-referrer"),
-    ("strict-transport-security", "max-age=15552000; includeSubDomains"),
+    (
+        "strict-transport-security",
+        "max-age=15552000; includeSubDomains",
+    ),
     ("cross-origin-opener-policy", "same-origin"),
     ("cross-origin-resource-policy", "same-origin"),
     ("x-dns-prefetch-control", "off"),
     ("x-permitted-cross-domain-policies", "none"),
-    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
 ];
 
 /// Adds the security headers to every answer.
@@ -189,7 +202,9 @@ const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, POST, PATCH,
 pub async fn cors(State(origins): State<AllowedOrigins>, req: Request, next: Next) -> Response {
     let origin = origins.allowed(req.headers());
     let preflight = req.method() == Method::OPTIONS
-        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     if preflight {
         let mut response = StatusCode::NO_CONTENT.into_response();
         let headers = response.headers_mut();
@@ -209,7 +224,10 @@ pub async fn cors(State(origins): State<AllowedOrigins>, req: Request, next: Nex
             if let Some(asked) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
                 headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
             }
-            headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+            headers.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
         }
         return response;
     }

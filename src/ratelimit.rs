@@ -29,7 +29,9 @@ impl RateLimiter {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                let Some(limiter) = weak.upgrade() else { return };
+                let Some(limiter) = weak.upgrade() else {
+                    return;
+                };
                 limiter.inner.retain_recent();
                 limiter.inner.shrink_to_fit();
             }

@@ -203,7 +203,11 @@ mod tests {
         assert_eq!(bearer_token(&headers("Bearer abc")), Ok("abc"));
         assert_eq!(bearer_token(&headers("bEaReR  abc ")), Ok("abc"));
         for bad in ["Bearer", "Bearer ", "Basic abc", "abc", ""] {
-            assert_eq!(bearer_token(&headers(bad)), Err(AuthError::Missing), "{bad}");
+            assert_eq!(
+                bearer_token(&headers(bad)),
+                Err(AuthError::Missing),
+                "{bad}"
+            );
         }
         assert_eq!(bearer_token(&HeaderMap::new()), Err(AuthError::Missing));
     }

@@ -106,8 +106,14 @@ impl BddClient {
             "imageUrl": image_url,
             "metadata": metadata,
         });
-        self.call(reqwest::Method::POST, "/api/images".into(), Some(body), request_id, Idempotent::No)
-            .await
+        self.call(
+            reqwest::Method::POST,
+            "/api/images".into(),
+            Some(body),
+            request_id,
+            Idempotent::No,
+        )
+        .await
     }
 
     /// `GET /api/images?userId&page&limit[&status]`: one page of the user's records.
@@ -129,8 +135,14 @@ impl BddClient {
             q.finish()
         };
         let path = format!("/api/images?{query}");
-        self.call(reqwest::Method::GET, path, None, request_id, Idempotent::Yes)
-            .await
+        self.call(
+            reqwest::Method::GET,
+            path,
+            None,
+            request_id,
+            Idempotent::Yes,
+        )
+        .await
     }
 
     /// `GET /api/images/{id}?userId&user_id`: one record.
@@ -142,8 +154,14 @@ impl BddClient {
         request_id: &RequestId,
     ) -> Result<BddAnswer, BddError> {
         let path = format!("/api/images/{}?{}", id.as_str(), owner_query(user));
-        self.call(reqwest::Method::GET, path, None, request_id, Idempotent::Yes)
-            .await
+        self.call(
+            reqwest::Method::GET,
+            path,
+            None,
+            request_id,
+            Idempotent::Yes,
+        )
+        .await
     }
 
     /// `DELETE /api/images/{id}?userId&user_id`: removes a record.
@@ -155,8 +173,14 @@ impl BddClient {
         request_id: &RequestId,
     ) -> Result<BddAnswer, BddError> {
         let path = format!("/api/images/{}?{}", id.as_str(), owner_query(user));
-        self.call(reqwest::Method::DELETE, path, None, request_id, Idempotent::Yes)
-            .await
+        self.call(
+            reqwest::Method::DELETE,
+            path,
+            None,
+            request_id,
+            Idempotent::Yes,
+        )
+        .await
     }
 
     /// `PATCH /api/images/{id}/status`: re-labels a record.
@@ -174,15 +198,27 @@ impl BddClient {
             "userId": user.as_str(),
         });
         let path = format!("/api/images/{}/status", id.as_str());
-        self.call(reqwest::Method::PATCH, path, Some(body), request_id, Idempotent::No)
-            .await
+        self.call(
+            reqwest::Method::PATCH,
+            path,
+            Some(body),
+            request_id,
+            Idempotent::No,
+        )
+        .await
     }
 
     /// `GET /api/health` (readiness).
     pub async fn health(&self, request_id: &RequestId) -> Result<(), BddError> {
-        self.call(reqwest::Method::GET, "/api/health".into(), None, request_id, Idempotent::No)
-            .await
-            .map(drop)
+        self.call(
+            reqwest::Method::GET,
+            "/api/health".into(),
+            None,
+            request_id,
+            Idempotent::No,
+        )
+        .await
+        .map(drop)
     }
 
     async fn call(
@@ -194,11 +230,15 @@ impl BddClient {
         idempotent: Idempotent,
     ) -> Result<BddAnswer, BddError> {
         let started = Instant::now();
-        let mut result = self.exchange(&method, &path_and_query, &body, request_id).await;
+        let mut result = self
+            .exchange(&method, &path_and_query, &body, request_id)
+            .await;
         if idempotent == Idempotent::Yes {
             if let Err(Retry(t)) = &result {
                 tracing::info!(upstream = "bdd", error = ?t, "retrying once after a connection failure");
-                result = self.exchange(&method, &path_and_query, &body, request_id).await;
+                result = self
+                    .exchange(&method, &path_and_query, &body, request_id)
+                    .await;
             }
         }
         let result = result.map_err(|e| match e {
@@ -228,7 +268,10 @@ impl BddClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| Transport::classify(&e).into_outcome())?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Transport::classify(&e).into_outcome())?;
         let status = response.status();
         let bytes = match read_limited(response, MAX_ANSWER_BYTES).await {
             Ok(bytes) => bytes,
@@ -270,7 +313,9 @@ fn classify(status: StatusCode, body: Bytes) -> Result<BddAnswer, BddError> {
     let json: Option<Value> = serde_json::from_slice(&body).ok();
     match (status.as_u16(), json) {
         (200..=299, Some(json)) => Ok(BddAnswer { body, json }),
-        (200..=299, None) => Err(BddError::Failed(format!("HTTP {status} with a body that is not JSON"))),
+        (200..=299, None) => Err(BddError::Failed(format!(
+            "HTTP {status} with a body that is not JSON"
+        ))),
         (400..=499, Some(_)) => Err(BddError::Rejected { status, body }),
         (404, None) => Err(BddError::Unsupported),
         (_, _) => Err(BddError::Failed(format!("HTTP {}", status.as_u16()))),
@@ -285,15 +330,28 @@ mod tests {
     fn answers_are_classified_as_the_contract_says() {
         assert!(classify(StatusCode::OK, Bytes::from_static(br#"{"success":true}"#)).is_ok());
         assert!(matches!(
-            classify(StatusCode::NOT_FOUND, Bytes::from_static(br#"{"success":false}"#)),
-            Err(BddError::Rejected { status: StatusCode::NOT_FOUND, .. })
+            classify(
+                StatusCode::NOT_FOUND,
+                Bytes::from_static(br#"{"success":false}"#)
+            ),
+            Err(BddError::Rejected {
+                status: StatusCode::NOT_FOUND,
+                ..
+            })
         ));
         assert_eq!(
-            classify(StatusCode::NOT_FOUND, Bytes::from_static(b"<pre>Cannot PATCH</pre>")).unwrap_err(),
+            classify(
+                StatusCode::NOT_FOUND,
+                Bytes::from_static(b"<pre>Cannot PATCH</pre>")
+            )
+            .unwrap_err(),
             BddError::Unsupported
         );
         assert!(matches!(
-            classify(StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(br#"{"e":1}"#)),
+            classify(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Bytes::from_static(br#"{"e":1}"#)
+            ),
             Err(BddError::Failed(_))
         ));
     }

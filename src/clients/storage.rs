@@ -92,10 +92,7 @@ impl StorageClient {
         Self {
             http,
             base: format!("{}/storage/v1", config.url),
-            public_prefix: format!(
-                "{}/storage/v1/object/public/{}/",
-                config.url, config.bucket
-            ),
+            public_prefix: format!("{}/storage/v1/object/public/{}/", config.url, config.bucket),
             bucket: config.bucket.clone(),
             key: config.service_key.clone(),
             timeout,
@@ -122,7 +119,11 @@ impl StorageClient {
         request_id: &RequestId,
     ) -> Result<(), StorageError> {
         let request = self
-            .request(reqwest::Method::POST, &format!("/object/{}/{path}", self.bucket), request_id)
+            .request(
+                reqwest::Method::POST,
+                &format!("/object/{}/{path}", self.bucket),
+                request_id,
+            )
             .header("content-type", content_type)
             .header("cache-control", "max-age=3600")
             .header("x-upsert", "false")
@@ -134,15 +135,22 @@ impl StorageClient {
     #[tracing::instrument(skip(self, request_id))]
     pub async fn remove(&self, path: &str, request_id: &RequestId) -> Result<(), StorageError> {
         let request = self
-            .request(reqwest::Method::DELETE, &format!("/object/{}", self.bucket), request_id)
+            .request(
+                reqwest::Method::DELETE,
+                &format!("/object/{}", self.bucket),
+                request_id,
+            )
             .json(&serde_json::json!({ "prefixes": [path] }));
         self.send(request).await.map(drop)
     }
 
     /// Whether Storage answers for the bucket (readiness).
     pub async fn check_bucket(&self, request_id: &RequestId) -> Result<(), StorageError> {
-        let request =
-            self.request(reqwest::Method::GET, &format!("/bucket/{}", self.bucket), request_id);
+        let request = self.request(
+            reqwest::Method::GET,
+            &format!("/bucket/{}", self.bucket),
+            request_id,
+        );
         self.send(request).await.map(drop)
     }
 

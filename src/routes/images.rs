@@ -51,7 +51,12 @@ async fn create_flow(
     );
     state
         .storage
-        .upload(&path, image.image.bytes, image.image.kind.content_type(), &request_id)
+        .upload(
+            &path,
+            image.image.bytes,
+            image.image.kind.content_type(),
+            &request_id,
+        )
         .await
         .map_err(|e| ApiError::Storage(StorageOp::Upload, e))?;
     let url = state.storage.public_url(&path);
@@ -62,8 +67,9 @@ async fn create_flow(
         .await
         .and_then(|answer| {
             let record = answer.data().cloned().unwrap_or(Value::Null);
-            let id = first_of(&record, "id", "image_id")
-                .ok_or_else(|| crate::clients::bdd::BddError::Failed("created record has no id".into()))?;
+            let id = first_of(&record, "id", "image_id").ok_or_else(|| {
+                crate::clients::bdd::BddError::Failed("created record has no id".into())
+            })?;
             Ok((id, first_of(&record, "createdAt", "created_at")))
         });
     let (id, created_at) = match created {
@@ -109,10 +115,16 @@ pub async fn list(
         let before = images.len();
         images.retain(|record| owner_of(record).is_none_or(|owner| user.owns(owner)));
         if images.len() != before {
-            tracing::error!(dropped = before - images.len(), "BDD listed records of other users");
+            tracing::error!(
+                dropped = before - images.len(),
+                "BDD listed records of other users"
+            );
         }
     }
-    Ok(json_response(StatusCode::OK, json!({"success": true, "data": data})))
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"success": true, "data": data}),
+    ))
 }
 
 /// `GET /api/images/:id`: the BDD's answer as it is, if the caller owns it.
@@ -154,7 +166,10 @@ async fn delete_flow(
                     .remove(&path, &request_id)
                     .await
                     .map_err(|e| ApiError::Storage(StorageOp::Removal, e))?,
-                None => tracing::warn!(url, "image URL is not one of ours: nothing removed from Storage"),
+                None => tracing::warn!(
+                    url,
+                    "image URL is not one of ours: nothing removed from Storage"
+                ),
             }
         }
         _ => tracing::warn!("record has no image URL: nothing removed from Storage"),
@@ -230,9 +245,7 @@ async fn run_to_completion(
     state: &AppState,
     flow: impl Future<Output = Result<Response, ApiError>> + Send + 'static,
 ) -> Result<Response, ApiError> {
-    let task = state
-        .tasks
-        .spawn(flow.instrument(tracing::Span::current()));
+    let task = state.tasks.spawn(flow.instrument(tracing::Span::current()));
     task.await
         .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?
 }
