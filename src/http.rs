@@ -103,7 +103,8 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     );
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Microsecond precision, printed as milliseconds.
+    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
 
     if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);

@@ -19,6 +19,7 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("healthcheck") => healthcheck().await,
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -33,6 +34,7 @@ async fn main() -> ExitCode {
 const USAGE: &str = "\
 image-service            serve, configured by the environment (and ./.env)
 image-service dev        serve on the embedded dev stack: local Clerk, Storage and BDD
+image-service healthcheck  exit 0 if the local instance's /api/health answers 200 (PORT)
 image-service --help     this text";
 
 async fn serve() -> ExitCode {
@@ -63,6 +65,28 @@ async fn serve() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// For container health checks: the runtime image has no curl.
+async fn healthcheck() -> ExitCode {
+    let port = std::env::var("PORT").unwrap_or_else(|_| "5002".into());
+    let url = format!("http://127.0.0.1:{}/api/health", port.trim());
+    let answer = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await;
+    match answer {
+        Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!("{url}: HTTP {}", response.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
             ExitCode::FAILURE
         }
     }
