@@ -23,8 +23,9 @@ pub enum Location {
 pub struct FieldError {
     #[serde(rename = "type")]
     kind: &'static str,
+    // Boxed: a `Value` is large, and this travels in `Result::Err`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<Value>,
+    value: Option<Box<Value>>,
     msg: &'static str,
     path: &'static str,
     location: Location,
@@ -40,7 +41,7 @@ impl FieldError {
     ) -> Self {
         Self {
             kind: "field",
-            value,
+            value: value.map(Box::new),
             msg,
             path,
             location,
@@ -387,7 +388,7 @@ fn strip_data_url(s: &str) -> &str {
 
 /// `A-Z a-z 0-9 + /`, length a multiple of 4, at most two `=` only at the end.
 fn is_standard_base64(b: &[u8]) -> bool {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return false;
     }
     let padding = b.iter().rev().take_while(|&&c| c == b'=').count();

@@ -23,6 +23,9 @@ const MAX_KEYS: usize = 64;
 /// Longest `kid` looked up.
 pub const MAX_KID_LEN: usize = 256;
 
+/// Verification keys by `kid`, swapped whole on each successful fetch.
+type KeySet = Arc<HashMap<String, Arc<DecodingKey>>>;
+
 /// Why a refetch is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trigger {
@@ -45,7 +48,7 @@ pub struct KeyStore {
     http: reqwest::Client,
     timeout: Duration,
     cooldown: Duration,
-    keys: RwLock<Option<Arc<HashMap<String, Arc<DecodingKey>>>>>,
+    keys: RwLock<Option<KeySet>>,
     /// Held while fetching, so concurrent callers wait for one fetch.
     fetch: tokio::sync::Mutex<FetchState>,
     /// Bumped after every completed attempt; waiters compare it to reuse the outcome.
@@ -117,7 +120,7 @@ impl KeyStore {
             .ok_or(AuthError::UnknownKey)
     }
 
-    fn read_keys(&self) -> Option<Arc<HashMap<String, Arc<DecodingKey>>>> {
+    fn read_keys(&self) -> Option<KeySet> {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
