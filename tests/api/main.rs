@@ -5,5 +5,6 @@ mod helpers;
 
 mod auth;
 mod behaviour;
+mod binary;
 mod images;
 mod upstream;

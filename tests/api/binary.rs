@@ -1,0 +1,143 @@
+//! The built binary itself: fail-fast configuration, `.env` loading, SIGTERM drain.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use image_service::devstack::{Fault, FaultRule};
+use reqwest::Method;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_image-service");
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("image-service-{name}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_bad_environment_stops_the_process_with_one_line_per_variable() {
+    let dir = temp_dir("badenv");
+    let output = Command::new(BIN)
+        .current_dir(&dir)
+        .env_clear()
+        .env("PORT", "http")
+        .env("SUPABASE_SERVICE_ROLE_KEY", "super-secret-key")
+        .env("MAX_IMAGE_BYTES", "-1")
+        .env("NODE_ENV", "production")
+        .env("CLERK_SECRET_KEY", "sk_ignored")
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for name in ["PORT", "CLERK_ISSUER", "SUPABASE_URL", "MAX_IMAGE_BYTES"] {
+        assert_eq!(
+            stderr
+                .lines()
+                .filter(|l| l.trim_start().starts_with(name))
+                .count(),
+            1,
+            "{name} in {stderr}"
+        );
+    }
+    for ignored in ["NODE_ENV", "CLERK_SECRET_KEY", "SUPABASE_SERVICE_ROLE_KEY"] {
+        assert!(!stderr.contains(ignored), "{ignored} in {stderr}");
+    }
+    assert!(!stderr.contains("super-secret-key"));
+    assert!(
+        stderr.contains("cargo run -- dev"),
+        "points at the dev stack"
+    );
+}
+
+#[test]
+fn a_dotenv_file_is_read_and_the_environment_wins_over_it() {
+    let dir = temp_dir("dotenv");
+    std::fs::write(dir.join(".env"), "PORT=not-a-port\nLOG_FORMAT=xml\n").unwrap();
+
+    let output = Command::new(BIN)
+        .current_dir(&dir)
+        .env_clear()
+        .env("LOG_FORMAT", "pretty")
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PORT: expected a port number"), "{stderr}");
+    assert!(!stderr.contains("LOG_FORMAT"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_request_in_flight_finish_then_exits_cleanly() {
+    let stand_ins = spawn_app().await;
+    stand_ins.bdd.inject(
+        FaultRule::new(Fault::Delay(Duration::from_millis(800))).path_prefix("/api/images"),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(BIN)
+        .current_dir(temp_dir("sigterm"))
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("CLERK_ISSUER", stand_ins.clerk.issuer())
+        .env("SUPABASE_URL", stand_ins.storage.url())
+        .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
+        .env("BDD_SERVICE_URL", stand_ins.bdd.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "binary did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let token = stand_ins.token("user_a");
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{base}/api/images");
+        async move {
+            client
+                .request(Method::GET, url)
+                .bearer_auth(token)
+                .send()
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(answer.status(), 200);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after draining")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(client
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .is_err());
+}
