@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::ServiceExt;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::auth::Verifier;
 use crate::clients::{bdd::BddClient, http_client, storage::StorageClient};
@@ -92,7 +95,13 @@ impl App {
         let tasks = self.state.tasks.clone();
         let stopping = Arc::new(tokio::sync::Notify::new());
         let notify = stopping.clone();
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        // Express ignores a trailing slash; so do we, before routing.
+        let service = NormalizePathLayer::trim_trailing_slash().layer(self.router);
+        let server = axum::serve(
+            self.listener,
+            <_ as ServiceExt<axum::extract::Request>>::into_make_service(service),
+        )
+        .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, draining requests in flight");
             notify.notify_one();

@@ -4,8 +4,10 @@ pub mod health;
 pub mod images;
 
 use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
 use axum::routing::{get, patch};
 use axum::{middleware, Router};
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
 use crate::http::{self, AllowedOrigins};
@@ -29,6 +31,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         // Layers run bottom-up on the way in: the request id is set first.
         .layer(DefaultBodyLimit::max(body_limit))
+        // A bug must still answer the contract's 500, never drop the connection.
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                ApiError::Internal("handler panicked".into()).into_response()
+            },
+        ))
         .layer(middleware::from_fn(http::json_fallbacks))
         .layer(middleware::from_fn_with_state(origins, http::cors))
         .layer(middleware::from_fn(http::security_headers))

@@ -327,3 +327,11 @@ async fn a_jpeg_and_a_webp_are_stored_with_their_type() {
         assert_eq!(app.storage.object(BUCKET, path).unwrap().1, mime);
     }
 }
+
+#[tokio::test]
+async fn a_trailing_slash_is_ignored_as_express_did() {
+    let app = spawn_app().await;
+    let response = app.get("/api/images/", &app.token("user_a")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.bdd_calls()[0].path, "/api/images");
+}
