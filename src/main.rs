@@ -19,6 +19,13 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("stand-ins") => match image_service::devstack::stack::run_stand_ins().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("image-service stand-ins: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("healthcheck") => healthcheck().await,
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -34,6 +41,7 @@ async fn main() -> ExitCode {
 const USAGE: &str = "\
 image-service            serve, configured by the environment (and ./.env)
 image-service dev        serve on the embedded dev stack: local Clerk, Storage and BDD
+image-service stand-ins  only the local Clerk, Storage and BDD (DEV_* ports), for benchmarks
 image-service healthcheck  exit 0 if the local instance's /api/health answers 200 (PORT)
 image-service --help     this text";
 

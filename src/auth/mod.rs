@@ -119,27 +119,13 @@ impl Verifier {
 
     /// Checks a token and returns its user.
     pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(AuthError::Malformed("token over 8 KiB"));
-        }
-        if token.split('.').count() != 3 {
-            return Err(AuthError::Malformed("not a compact JWS"));
-        }
-        // Fails for `alg: none` and unknown algorithms; `jku`, `x5u` and
-        // `jwk` headers are parsed but never used.
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| AuthError::Malformed("unreadable header"))?;
-        if header.alg != Algorithm::RS256 {
-            return Err(AuthError::Malformed("algorithm is not RS256"));
-        }
+        let kid = precheck(token)?;
         let key = match &self.keys {
             Keys::Static(key) => key.clone(),
             Keys::Jwks(store) => {
-                let kid = header.kid.ok_or(AuthError::Malformed("no kid"))?;
-                if kid.is_empty() || kid.len() > MAX_KID_LEN {
-                    return Err(AuthError::Malformed("kid length"));
-                }
-                store.key(&kid).await?
+                store
+                    .key(&kid.ok_or(AuthError::Malformed("no kid"))?)
+                    .await?
             }
         };
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
@@ -153,6 +139,30 @@ impl Verifier {
         }
         Ok(user)
     }
+}
+
+/// The checks done before any key is looked up: size, shape, header, `alg`
+/// and `kid` length. Returns the `kid`, if any. Never touches the network.
+pub fn precheck(token: &str) -> Result<Option<String>, AuthError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(AuthError::Malformed("token over 8 KiB"));
+    }
+    if token.split('.').count() != 3 {
+        return Err(AuthError::Malformed("not a compact JWS"));
+    }
+    // Fails for `alg: none` and unknown algorithms; `jku`, `x5u` and
+    // `jwk` headers are parsed but never used.
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|_| AuthError::Malformed("unreadable header"))?;
+    if header.alg != Algorithm::RS256 {
+        return Err(AuthError::Malformed("algorithm is not RS256"));
+    }
+    if let Some(kid) = &header.kid {
+        if kid.is_empty() || kid.len() > MAX_KID_LEN {
+            return Err(AuthError::Malformed("kid length"));
+        }
+    }
+    Ok(header.kid)
 }
 
 /// The bearer token of a request; any scheme case, at least one character.

@@ -165,6 +165,22 @@ pub async fn run() -> Result<(), String> {
     app.run().await.map_err(|e| e.to_string())
 }
 
+/// Runs only the stand-ins (no service) until Ctrl-C, for benchmarks and
+/// for running the service binary against them by hand.
+pub async fn run_stand_ins() -> Result<(), String> {
+    let options = DevStackOptions::from_env()?;
+    let stack = DevStack::start(&options).await?;
+    println!(
+        "clerk={}\nstorage={}\nbdd={}\nservice_key={DEV_SERVICE_KEY}\ndata_dir={}",
+        stack.clerk.url(),
+        stack.storage.url(),
+        stack.bdd.url(),
+        options.data_dir.display()
+    );
+    crate::app::shutdown_signal().await;
+    Ok(())
+}
+
 /// A 1x1 PNG, for the curl example.
 const TINY_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
 

@@ -1,5 +1,6 @@
 //! The router: every path of the contract, and the layers around it.
 
+pub mod docs;
 pub mod health;
 pub mod images;
 
@@ -20,6 +21,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/health", get(health::service))
         .route("/api/ready", get(health::ready))
+        .route("/api/openapi.json", get(docs::openapi))
+        .route("/api/docs", get(docs::page))
         .route("/api/images/health", get(health::images))
         .route("/api/images", get(images::list).post(images::create))
         .route(
