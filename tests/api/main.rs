@@ -3,8 +3,14 @@
 
 mod helpers;
 
+mod abuse;
 mod auth;
 mod behaviour;
 mod binary;
+mod container;
 mod images;
+mod limits;
+mod metrics;
+mod openapi;
+mod smoke;
 mod upstream;
