@@ -15,6 +15,7 @@ use tower_http::normalize_path::NormalizePathLayer;
 use crate::auth::Verifier;
 use crate::clients::{bdd::BddClient, http_client, storage::StorageClient};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::routes;
 use crate::state::AppState;
@@ -50,11 +51,28 @@ impl App {
             .await
             .map_err(|source| BuildError::Bind { addr, source })?;
         let http = http_client().map_err(|e| BuildError::Setup(format!("HTTP client: {e}")))?;
-        let verifier = Verifier::new(&config.clerk, http.clone(), config.upstream_timeout)
-            .map_err(BuildError::Setup)?;
+        let metrics = Metrics::new();
+        let verifier = Verifier::new(
+            &config.clerk,
+            http.clone(),
+            config.upstream_timeout,
+            metrics.clone(),
+        )
+        .map_err(BuildError::Setup)?;
         let state = AppState {
-            storage: StorageClient::new(http.clone(), &config.storage, config.upload_timeout),
-            bdd: BddClient::new(http, &config.bdd_url, config.upstream_timeout),
+            storage: StorageClient::new(
+                http.clone(),
+                &config.storage,
+                config.upload_timeout,
+                metrics.clone(),
+            ),
+            bdd: BddClient::new(
+                http,
+                &config.bdd_url,
+                config.upstream_timeout,
+                metrics.clone(),
+            ),
+            metrics,
             verifier: Arc::new(verifier),
             rate_limiter: RateLimiter::new(config.rate_limit_per_minute),
             tasks: TaskTracker::new(),

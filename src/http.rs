@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,6 +14,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::error::{ApiError, ErrorDetail};
+use crate::metrics::Metrics;
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -85,7 +86,11 @@ impl RequestId {
 ///
 /// The span carries the request id and, once authenticated, the user id, so
 /// every line logged while serving the request carries them too.
-pub async fn request_context(mut req: Request, next: Next) -> Response {
+pub async fn request_context(
+    State(metrics): State<Metrics>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -94,6 +99,10 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(request_id.clone());
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let span = tracing::info_span!(
         "request",
         request_id = %request_id.as_str(),
@@ -104,12 +113,14 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     // Microsecond precision, printed as milliseconds.
-    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    let latency = started.elapsed();
+    let latency_ms = latency.as_micros() as f64 / 1000.0;
 
     if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
     let status = response.status().as_u16();
+    metrics.request(&route, method.as_str(), status, latency);
     let error = response
         .extensions()
         .get::<ErrorDetail>()

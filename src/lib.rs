@@ -11,6 +11,7 @@ pub mod domain; // validated newtypes: ids, statuses, pages, decoded images
 pub mod error; // ApiError and its one IntoResponse
 pub mod extract; // Json/Path/Query wrappers with contract-shaped rejections
 pub mod http; // CORS, security headers, request ids, request log line
+pub mod metrics; // Prometheus metrics and GET /metrics
 pub mod ratelimit; // per-user rate limit
 pub mod routes; // handlers only
 pub mod state; // AppState and FromRef

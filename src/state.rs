@@ -7,6 +7,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Verifier;
 use crate::clients::{bdd::BddClient, storage::StorageClient};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 
 /// Shared, cheaply cloned application state.
@@ -20,9 +21,17 @@ pub struct AppState {
     pub storage: StorageClient,
     /// BDD service.
     pub bdd: BddClient,
+    /// This app's metrics.
+    pub metrics: Metrics,
     /// Per-user limit, when on.
     pub rate_limiter: Option<Arc<RateLimiter>>,
     /// Multi-step operations run here so a client hanging up cannot cut them
     /// half-way; shutdown waits for them.
     pub tasks: TaskTracker,
+}
+
+impl axum::extract::FromRef<AppState> for Metrics {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
 }

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::AuthError;
 use crate::clients::{read_limited, ReadError, Transport};
+use crate::metrics::{Metrics, Outcome, Upstream};
 
 /// Largest key set accepted; Clerk's holds a handful of keys.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -54,11 +55,18 @@ pub struct KeyStore {
     /// Bumped after every completed attempt; waiters compare it to reuse the outcome.
     attempts: AtomicU64,
     fetches: AtomicU64,
+    metrics: Metrics,
 }
 
 impl KeyStore {
     /// A store for the JWKS at `url`; nothing is fetched yet.
-    pub fn new(url: String, http: reqwest::Client, timeout: Duration, cooldown: Duration) -> Self {
+    pub fn new(
+        url: String,
+        http: reqwest::Client,
+        timeout: Duration,
+        cooldown: Duration,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             url,
             http,
@@ -68,6 +76,7 @@ impl KeyStore {
             fetch: tokio::sync::Mutex::new(FetchState::default()),
             attempts: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -147,7 +156,21 @@ impl KeyStore {
             state.last_unknown_kid_fetch = Some(Instant::now());
         }
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        match self.fetch_set().await {
+        let started = Instant::now();
+        let fetched = self.fetch_set().await;
+        let kind = match &fetched {
+            Ok(_) => Outcome::Ok,
+            Err(FetchError::Timeout) => Outcome::Timeout,
+            Err(FetchError::Unavailable(_)) => Outcome::Unavailable,
+            Err(_) => Outcome::Failed,
+        };
+        self.metrics
+            .upstream(Upstream::Clerk, kind, started.elapsed());
+        self.metrics.jwks_fetch(
+            fetched.is_ok(),
+            trigger == Trigger::Load && self.is_loaded(),
+        );
+        match fetched.map_err(|e| e.to_string()) {
             Ok(keys) => {
                 tracing::info!(keys = keys.len(), "JWKS fetched");
                 *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(keys));
@@ -162,24 +185,49 @@ impl KeyStore {
         outcome(&state)
     }
 
-    async fn fetch_set(&self) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
+    async fn fetch_set(&self) -> Result<HashMap<String, Arc<DecodingKey>>, FetchError> {
         let response = self
             .http
             .get(&self.url)
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| format!("{:?}", Transport::classify(&e)))?;
+            .map_err(|e| FetchError::from(Transport::classify(&e)))?;
         if !response.status().is_success() {
-            return Err(format!("JWKS answered HTTP {}", response.status().as_u16()));
+            return Err(FetchError::Status(response.status().as_u16()));
         }
         let body = read_limited(response, MAX_JWKS_BYTES)
             .await
             .map_err(|e| match e {
-                ReadError::TooLarge => "JWKS too large".to_owned(),
-                ReadError::Transport(e) => format!("{:?}", Transport::classify(&e)),
+                ReadError::TooLarge => FetchError::Invalid("JWKS too large".into()),
+                ReadError::Transport(e) => Transport::classify(&e).into(),
             })?;
-        parse_jwks(&body)
+        parse_jwks(&body).map_err(FetchError::Invalid)
+    }
+}
+
+/// Why a key set could not be fetched.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("JWKS timed out")]
+    Timeout,
+    #[error("JWKS unreachable: {0}")]
+    Unavailable(String),
+    #[error("JWKS connection closed: {0}")]
+    Closed(String),
+    #[error("JWKS answered HTTP {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<Transport> for FetchError {
+    fn from(t: Transport) -> Self {
+        match t {
+            Transport::Timeout => Self::Timeout,
+            Transport::Connect(d) => Self::Unavailable(d),
+            Transport::Closed(d) => Self::Closed(d),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::config::ClerkConfig;
 use crate::domain::UserId;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::state::AppState;
 use jwks::{KeyStore, MAX_KID_LEN};
 
@@ -69,6 +70,7 @@ impl Verifier {
         config: &ClerkConfig,
         http: reqwest::Client,
         timeout: std::time::Duration,
+        metrics: Metrics,
     ) -> Result<Self, String> {
         let keys = match &config.jwt_key_pem {
             Some(pem) => Keys::Static(Arc::new(
@@ -81,6 +83,7 @@ impl Verifier {
                     http,
                     timeout,
                     config.unknown_kid_cooldown,
+                    metrics,
                 ));
                 store.spawn_refresh(config.refresh_interval);
                 Keys::Jwks(store)

@@ -10,6 +10,7 @@ use url::form_urlencoded;
 use super::{read_limited, ReadError, Transport};
 use crate::domain::{ImageId, ImageStatus, ListQuery, UserId};
 use crate::http::{RequestId, X_REQUEST_ID};
+use crate::metrics::{Metrics, Outcome, Upstream};
 
 /// Largest answer read back from the BDD service (a page is at most 100 records).
 const MAX_ANSWER_BYTES: usize = 16 << 20;
@@ -71,6 +72,7 @@ pub struct BddClient {
     http: reqwest::Client,
     base: String,
     timeout: Duration,
+    metrics: Metrics,
 }
 
 /// Whether a call may be sent again after a connection failure.
@@ -82,11 +84,12 @@ enum Idempotent {
 
 impl BddClient {
     /// A client of the BDD service at `base` (no trailing slash).
-    pub fn new(http: reqwest::Client, base: &str, timeout: Duration) -> Self {
+    pub fn new(http: reqwest::Client, base: &str, timeout: Duration, metrics: Metrics) -> Self {
         Self {
             http,
             base: base.to_owned(),
             timeout,
+            metrics,
         }
     }
 
@@ -242,12 +245,21 @@ impl BddClient {
             }
         }
         let result = result.map_err(|e| match e {
-            Outcome::Retry(t) => BddError::from(t),
-            Outcome::Final(e) => e,
+            Attempt::Retry(t) => BddError::from(t),
+            Attempt::Final(e) => e,
         });
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(BddError::Rejected { .. } | BddError::Unsupported) => Outcome::Rejected,
+            Err(BddError::Failed(_)) => Outcome::Failed,
+            Err(BddError::Unavailable(_)) => Outcome::Unavailable,
+            Err(BddError::Timeout) => Outcome::Timeout,
+        };
+        let latency = started.elapsed();
+        self.metrics.upstream(Upstream::Bdd, outcome, latency);
         if let Err(e) = &result {
             if !matches!(e, BddError::Rejected { .. }) {
-                tracing::warn!(upstream = "bdd", %method, error = %e, latency_ms = started.elapsed().as_millis() as u64, "BDD call failed");
+                tracing::warn!(upstream = "bdd", %method, error = %e, latency_ms = latency.as_millis() as u64, "BDD call failed");
             }
         }
         result
@@ -259,7 +271,7 @@ impl BddClient {
         path_and_query: &str,
         body: &Option<Value>,
         request_id: &RequestId,
-    ) -> Result<BddAnswer, Outcome> {
+    ) -> Result<BddAnswer, Attempt> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path_and_query}", self.base))
@@ -271,32 +283,32 @@ impl BddClient {
         let response = request
             .send()
             .await
-            .map_err(|e| Transport::classify(&e).into_outcome())?;
+            .map_err(|e| Transport::classify(&e).into_attempt())?;
         let status = response.status();
         let bytes = match read_limited(response, MAX_ANSWER_BYTES).await {
             Ok(bytes) => bytes,
-            Err(ReadError::Transport(e)) => return Err(Transport::classify(&e).into_outcome()),
+            Err(ReadError::Transport(e)) => return Err(Transport::classify(&e).into_attempt()),
             Err(ReadError::TooLarge) => {
-                return Err(Outcome::Final(BddError::Failed("answer too large".into())))
+                return Err(Attempt::Final(BddError::Failed("answer too large".into())))
             }
         };
-        classify(status, bytes).map_err(Outcome::Final)
+        classify(status, bytes).map_err(Attempt::Final)
     }
 }
 
 /// `Retry` marks failures an idempotent call may try again.
-enum Outcome {
+enum Attempt {
     Retry(Transport),
     Final(BddError),
 }
-use Outcome::Retry;
+use Attempt::Retry;
 
 impl Transport {
-    fn into_outcome(self) -> Outcome {
+    fn into_attempt(self) -> Attempt {
         if self.is_retryable() {
-            Outcome::Retry(self)
+            Attempt::Retry(self)
         } else {
-            Outcome::Final(self.into())
+            Attempt::Final(self.into())
         }
     }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::{read_limited, ReadError, Transport};
 use crate::config::{Secret, StorageConfig};
 use crate::http::{RequestId, X_REQUEST_ID};
+use crate::metrics::{Metrics, Outcome, Upstream};
 
 /// Largest error or listing body read back from Storage.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -84,11 +85,17 @@ pub struct StorageClient {
     key: Secret,
     timeout: Duration,
     public_prefix: String,
+    metrics: Metrics,
 }
 
 impl StorageClient {
     /// A client for the configured bucket.
-    pub fn new(http: reqwest::Client, config: &StorageConfig, timeout: Duration) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        config: &StorageConfig,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             http,
             base: format!("{}/storage/v1", config.url),
@@ -96,6 +103,7 @@ impl StorageClient {
             bucket: config.bucket.clone(),
             key: config.service_key.clone(),
             timeout,
+            metrics,
         }
     }
 
@@ -171,8 +179,17 @@ impl StorageClient {
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Bytes, StorageError> {
         let started = std::time::Instant::now();
         let result = self.exchange(request).await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(StorageError::Refused { .. }) => Outcome::Rejected,
+            Err(StorageError::Failed(_)) => Outcome::Failed,
+            Err(StorageError::Unavailable(_)) => Outcome::Unavailable,
+            Err(StorageError::Timeout) => Outcome::Timeout,
+        };
+        let latency = started.elapsed();
+        self.metrics.upstream(Upstream::Storage, outcome, latency);
         if let Err(e) = &result {
-            tracing::warn!(upstream = "storage", error = %e, latency_ms = started.elapsed().as_millis() as u64, "storage call failed");
+            tracing::warn!(upstream = "storage", error = %e, latency_ms = latency.as_millis() as u64, "storage call failed");
         }
         result
     }

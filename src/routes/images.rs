@@ -49,7 +49,9 @@ async fn create_flow(
         uuid::Uuid::new_v4(),
         image.image.kind.extension()
     );
-    state
+    let size = image.image.bytes.len() as u64;
+    state.metrics.uploads_in_flight(1.0);
+    let uploaded = state
         .storage
         .upload(
             &path,
@@ -57,8 +59,9 @@ async fn create_flow(
             image.image.kind.content_type(),
             &request_id,
         )
-        .await
-        .map_err(|e| ApiError::Storage(StorageOp::Upload, e))?;
+        .await;
+    state.metrics.uploads_in_flight(-1.0);
+    uploaded.map_err(|e| ApiError::Storage(StorageOp::Upload, e))?;
     let url = state.storage.public_url(&path);
 
     let created = state
@@ -82,6 +85,7 @@ async fn create_flow(
             return Err(e.into());
         }
     };
+    state.metrics.bytes_stored(size);
     tracing::info!(image_id = %id, path, "image stored");
     Ok(json_response(
         StatusCode::CREATED,

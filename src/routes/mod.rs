@@ -18,11 +18,13 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let origins = AllowedOrigins::new(&state.config.frontend_origins);
     let body_limit = state.config.max_body_bytes;
+    let metrics = state.metrics.clone();
     Router::new()
         .route("/api/health", get(health::service))
         .route("/api/ready", get(health::ready))
         .route("/api/openapi.json", get(docs::openapi))
         .route("/api/docs", get(docs::page))
+        .route("/metrics", get(crate::metrics::scrape))
         .route("/api/images/health", get(health::images))
         .route("/api/images", get(images::list).post(images::create))
         .route(
@@ -43,5 +45,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(http::json_fallbacks))
         .layer(middleware::from_fn_with_state(origins, http::cors))
         .layer(middleware::from_fn(http::security_headers))
-        .layer(middleware::from_fn(http::request_context))
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            http::request_context,
+        ))
 }

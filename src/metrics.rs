@@ -1,0 +1,172 @@
+//! Prometheus metrics, served at `GET /metrics`.
+//!
+//! Each `App` owns its recorder rather than installing the process-global one
+//! the `metrics` macros write to: tests run many apps in one process, and each
+//! must count only its own traffic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use metrics::{Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+
+const META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// Latency buckets, in seconds: sub-millisecond for the service's own work,
+/// up to the upload timeout for upstream calls.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
+];
+
+/// The services behind this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// Clerk's JWKS.
+    Clerk,
+    /// Supabase Storage.
+    Storage,
+    /// The BDD service.
+    Bdd,
+}
+
+impl Upstream {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Clerk => "clerk",
+            Self::Storage => "storage",
+            Self::Bdd => "bdd",
+        }
+    }
+}
+
+/// How an upstream call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx.
+    Ok,
+    /// 4xx: the upstream refused the call.
+    Rejected,
+    /// 5xx, garbled answer or connection closed.
+    Failed,
+    /// Could not connect.
+    Unavailable,
+    /// No answer in time.
+    Timeout,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+            Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// This app's metrics; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh, empty set of metrics.
+    pub fn new() -> Self {
+        // Static, valid buckets: this cannot fail; fall back to summaries if it ever did.
+        let builder = PrometheusBuilder::new()
+            .set_buckets(&BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        Self {
+            recorder: Arc::new(builder.build_recorder()),
+        }
+    }
+
+    /// Counts a served request under its route template.
+    pub fn request(&self, route: &str, method: &str, status: u16, latency: Duration) {
+        let labels = [
+            Label::new("route", route.to_owned()),
+            Label::new("method", method.to_owned()),
+        ];
+        let mut counted = labels.to_vec();
+        counted.push(Label::new("status", status.to_string()));
+        self.counter("http_requests_total", counted, 1);
+        self.histogram("http_request_duration_seconds", labels.to_vec(), latency);
+    }
+
+    /// Counts an upstream call.
+    pub fn upstream(&self, service: Upstream, outcome: Outcome, latency: Duration) {
+        let service = Label::from_static_parts("service", service.label());
+        self.counter(
+            "upstream_requests_total",
+            vec![
+                service.clone(),
+                Label::from_static_parts("outcome", outcome.label()),
+            ],
+            1,
+        );
+        self.histogram("upstream_request_duration_seconds", vec![service], latency);
+    }
+
+    /// Counts a JWKS fetch; `background` ones that fail are refresh failures.
+    pub fn jwks_fetch(&self, ok: bool, background: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.counter(
+            "jwks_fetches_total",
+            vec![Label::from_static_parts("result", result)],
+            1,
+        );
+        if !ok && background {
+            self.counter("jwks_refresh_failures_total", vec![], 1);
+        }
+    }
+
+    /// One more (or one fewer) upload in flight.
+    pub fn uploads_in_flight(&self, delta: f64) {
+        let key = Key::from_static_name("uploads_in_flight");
+        self.recorder.register_gauge(&key, &META).increment(delta);
+    }
+
+    /// Bytes stored in Storage by successful creates.
+    pub fn bytes_stored(&self, bytes: u64) {
+        self.counter("stored_bytes_total", vec![], bytes);
+    }
+
+    /// The Prometheus text exposition of everything counted so far.
+    pub fn render(&self) -> String {
+        self.recorder.handle().render()
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>, by: u64) {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &META)
+            .increment(by);
+    }
+
+    fn histogram(&self, name: &'static str, labels: Vec<Label>, latency: Duration) {
+        self.recorder
+            .register_histogram(&Key::from_parts(name, labels), &META)
+            .record(latency.as_secs_f64());
+    }
+}
+
+/// `GET /metrics`.
+pub async fn scrape(State(metrics): State<Metrics>) -> Response {
+    let mut response = (StatusCode::OK, metrics.render()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
