@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::ServiceExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
@@ -15,6 +18,7 @@ use tower_http::normalize_path::NormalizePathLayer;
 use crate::auth::Verifier;
 use crate::clients::{bdd::BddClient, http_client, storage::StorageClient};
 use crate::config::Config;
+use crate::extract::UploadSlots;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::routes;
@@ -75,6 +79,7 @@ impl App {
             metrics,
             verifier: Arc::new(verifier),
             rate_limiter: RateLimiter::new(config.rate_limit_per_minute),
+            upload_slots: UploadSlots::new(config.max_uploads_in_flight),
             tasks: TaskTracker::new(),
             config: Arc::new(config),
         };
@@ -105,36 +110,73 @@ impl App {
 
     /// Serves until `shutdown` completes, then lets requests and their
     /// tasks in flight finish, for at most the configured grace period.
+    ///
+    /// The accept loop is ours rather than `axum::serve` so that hostile
+    /// clients meet limits: a connection cap, a header read timeout
+    /// (slowloris) and a header size cap.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let grace = self.state.config.shutdown_grace;
-        let tasks = self.state.tasks.clone();
-        let stopping = Arc::new(tokio::sync::Notify::new());
-        let notify = stopping.clone();
+        let config = self.state.config.clone();
+        let grace = config.shutdown_grace;
         // Express ignores a trailing slash; so do we, before routing.
         let service = NormalizePathLayer::trim_trailing_slash().layer(self.router);
-        let server = axum::serve(
-            self.listener,
-            <_ as ServiceExt<axum::extract::Request>>::into_make_service(service),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, draining requests in flight");
-            notify.notify_one();
-        });
-        let deadline = async {
-            stopping.notified().await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::select! {
-            served = server => served?,
-            () = deadline => tracing::warn!(?grace, "grace period over; dropping requests still in flight"),
+        let service = TowerToHyperService::new(service);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192))
+            .keep_alive(true);
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+
+        loop {
+            let permit = tokio::select! {
+                permit = connections.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
+            let stream = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = http1.serve_connection(TokioIo::new(stream), service.clone());
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
         }
+
+        drop(self.listener);
+        tracing::info!("shutting down: no new connections, draining requests in flight");
+        let tasks = self.state.tasks.clone();
         tasks.close();
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            tracing::warn!("background operations still running at exit");
+        let drained = async {
+            graceful.shutdown().await;
+            tasks.wait().await;
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "grace period over; dropping requests still in flight"
+            );
         }
         tracing::info!("stopped");
         Ok(())

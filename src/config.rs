@@ -99,6 +99,19 @@ pub struct Config {
     pub log_level: String,
     /// Log line format.
     pub log_format: LogFormat,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Creates reading or uploading at once; beyond, `503` + `Retry-After`.
+    pub max_uploads_in_flight: usize,
+    /// How long a create waits for an upload slot before answering `503`.
+    pub upload_slot_wait: Duration,
+    /// Time allowed to send the request headers (slowloris).
+    pub header_read_timeout: Duration,
+    /// Time allowed to send a request body.
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers); hyper checks it when
+    /// its read buffer fills, so a head a little larger may still pass.
+    pub max_header_bytes: usize,
     /// Budget of the whole `/api/ready` check.
     pub ready_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
@@ -213,6 +226,8 @@ impl Config {
         let max_body_bytes = r.positive("MAX_BODY_BYTES", "52428800");
         let upstream_timeout = r.positive("UPSTREAM_TIMEOUT_MS", "10000");
         let upload_timeout = r.positive("UPLOAD_TIMEOUT_MS", "30000");
+        let max_connections = r.positive("MAX_CONNECTIONS", "1024");
+        let max_uploads_in_flight = r.positive("MAX_UPLOADS_IN_FLIGHT", "8");
         let rate_limit_per_minute = r.parsed(
             "RATE_LIMIT_PER_MINUTE",
             "0",
@@ -266,6 +281,12 @@ impl Config {
             rate_limit_per_minute: rate_limit_per_minute.ok_or_else(missing)?,
             log_level,
             log_format: log_format.ok_or_else(missing)?,
+            max_connections: max_connections.ok_or_else(missing)? as usize,
+            max_uploads_in_flight: max_uploads_in_flight.ok_or_else(missing)? as usize,
+            upload_slot_wait: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 32 * 1024,
             ready_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
         })

@@ -4,7 +4,9 @@ use base64::engine::{general_purpose::GeneralPurposeConfig, DecodePaddingMode, G
 use base64::Engine;
 use bytes::Bytes;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Where a rejected value came from (`location` of a validation entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -441,77 +443,136 @@ pub struct NewImage {
 /// Why a create body was refused.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NewImageError {
+    /// Not JSON at all.
+    InvalidJson(String),
     /// One entry per failed check, in the contract's order.
     Invalid(Vec<FieldError>),
     /// The decoded image is over the limit.
     TooLarge,
 }
 
-impl NewImage {
-    /// Runs the contract's checks in order; an absent or mistyped field fails only its first.
-    pub fn parse(body: Value, max_image_bytes: usize) -> Result<Self, NewImageError> {
-        let mut body = match body {
-            Value::Object(map) => map,
-            _ => serde_json::Map::new(),
-        };
-        let mut errors = Vec::new();
-        let field = |path, value: &Option<Value>, msg| {
-            // imageData is never echoed: it can be megabytes.
-            let echoed = if path == "imageData" {
-                None
-            } else {
-                value.clone()
-            };
-            FieldError::new(Location::Body, path, echoed, msg)
-        };
+/// The create body's fields as raw JSON text borrowed from the request bytes:
+/// the base64 image (megabytes) is decoded from where it lies, never copied.
+#[derive(Default, serde::Deserialize)]
+struct RawCreate<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    prompt: Option<&'a RawValue>,
+    #[serde(default, borrow, rename = "imageData", deserialize_with = "present")]
+    image_data: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    metadata: Option<&'a RawValue>,
+}
 
-        let prompt_value = body.remove("prompt");
+/// `Some` for any present value, `null` included (`Option` alone maps `null` to `None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// A JSON string's content, borrowed when it has no escapes; `None` if not a string.
+fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+impl NewImage {
+    /// Parses and checks a create body; an absent or mistyped field fails
+    /// only its first check, and checks are reported in the contract's order.
+    pub fn from_json(body: &[u8], max_image_bytes: usize) -> Result<Self, NewImageError> {
+        let root: &RawValue =
+            serde_json::from_slice(body).map_err(|e| NewImageError::InvalidJson(e.to_string()))?;
+        // Any JSON that is not an object has none of the fields.
+        let fields: RawCreate<'_> = if root.get().starts_with('{') {
+            serde_json::from_str(root.get())
+                .map_err(|e| NewImageError::InvalidJson(e.to_string()))?
+        } else {
+            RawCreate::default()
+        };
+        let small =
+            |raw: Option<&RawValue>| raw.and_then(|r| serde_json::from_str::<Value>(r.get()).ok());
+        let mut errors = Vec::new();
+
+        let prompt_value = small(fields.prompt);
         let prompt = match &prompt_value {
             Some(Value::String(p)) if !p.is_empty() => {
                 if p.chars().count() > 1000 {
-                    errors.push(field("prompt", &prompt_value, msg::PROMPT_TOO_LONG));
+                    errors.push(FieldError::new(
+                        Location::Body,
+                        "prompt",
+                        prompt_value.clone(),
+                        msg::PROMPT_TOO_LONG,
+                    ));
                 }
                 Some(p.clone())
             }
             _ => {
-                errors.push(field("prompt", &prompt_value, msg::PROMPT_REQUIRED));
+                errors.push(FieldError::new(
+                    Location::Body,
+                    "prompt",
+                    prompt_value.clone(),
+                    msg::PROMPT_REQUIRED,
+                ));
                 None
             }
         };
 
-        let data_value = body.remove("imageData");
+        // imageData is never echoed back: it can be megabytes.
         let mut too_large = false;
-        let image = match &data_value {
-            Some(Value::String(data)) if !data.is_empty() => {
-                match DecodedImage::decode(data, max_image_bytes) {
-                    Ok(image) => Some(image),
-                    Err(ImageDataError::NotBase64) => {
-                        errors.push(field("imageData", &data_value, msg::IMAGE_NOT_BASE64));
-                        None
-                    }
-                    Err(ImageDataError::UnsupportedFormat) => {
-                        errors.push(field("imageData", &data_value, msg::IMAGE_FORMAT));
-                        None
-                    }
-                    Err(ImageDataError::TooLarge) => {
-                        too_large = true;
-                        None
-                    }
+        let image = match fields.image_data.and_then(raw_str) {
+            Some(data) if !data.is_empty() => match DecodedImage::decode(&data, max_image_bytes) {
+                Ok(image) => Some(image),
+                Err(ImageDataError::NotBase64) => {
+                    errors.push(FieldError::new(
+                        Location::Body,
+                        "imageData",
+                        None,
+                        msg::IMAGE_NOT_BASE64,
+                    ));
+                    None
                 }
-            }
+                Err(ImageDataError::UnsupportedFormat) => {
+                    errors.push(FieldError::new(
+                        Location::Body,
+                        "imageData",
+                        None,
+                        msg::IMAGE_FORMAT,
+                    ));
+                    None
+                }
+                Err(ImageDataError::TooLarge) => {
+                    too_large = true;
+                    None
+                }
+            },
             _ => {
-                errors.push(field("imageData", &data_value, msg::IMAGE_REQUIRED));
+                errors.push(FieldError::new(
+                    Location::Body,
+                    "imageData",
+                    None,
+                    msg::IMAGE_REQUIRED,
+                ));
                 None
             }
         };
 
-        let metadata = match body.remove("metadata") {
+        let metadata = match fields.metadata {
             None => Some(Value::Object(Default::default())),
-            Some(Value::Object(m)) => Some(Value::Object(m)),
-            other => {
-                errors.push(field("metadata", &other, msg::METADATA_OBJECT));
-                None
-            }
+            Some(raw) => match small(Some(raw)) {
+                Some(Value::Object(m)) => Some(Value::Object(m)),
+                other => {
+                    errors.push(FieldError::new(
+                        Location::Body,
+                        "metadata",
+                        other,
+                        msg::METADATA_OBJECT,
+                    ));
+                    None
+                }
+            },
         };
 
         match (prompt, image, metadata) {
@@ -655,7 +716,7 @@ mod tests {
     }
 
     fn body(v: Value) -> Result<NewImage, NewImageError> {
-        NewImage::parse(v, 1024)
+        NewImage::from_json(v.to_string().as_bytes(), 1024)
     }
 
     fn msgs(r: Result<NewImage, NewImageError>) -> Vec<&'static str> {
@@ -698,6 +759,28 @@ mod tests {
             body(json!({"prompt": "p", "imageData": b64(&[PNG, &[0u8; 2000][..]].concat())}))
                 .unwrap_err(),
             NewImageError::TooLarge
+        );
+    }
+
+    #[test]
+    fn escaped_base64_and_non_objects_are_handled() {
+        let escaped = format!(
+            r#"{{"prompt":"p","imageData":"{}"}}"#,
+            b64(PNG).replace('/', "\\/")
+        );
+        assert!(NewImage::from_json(escaped.as_bytes(), 1024).is_ok());
+        assert_eq!(
+            msgs(NewImage::from_json(b"[1]", 1024)),
+            vec![msg::PROMPT_REQUIRED, msg::IMAGE_REQUIRED]
+        );
+        assert!(matches!(
+            NewImage::from_json(b"{nope", 1024),
+            Err(NewImageError::InvalidJson(_))
+        ));
+        let null_metadata = br#"{"prompt":"p","imageData":"iVBORw0KGgo=","metadata":null}"#;
+        assert_eq!(
+            msgs(NewImage::from_json(null_metadata, 1024)),
+            vec![msg::METADATA_OBJECT]
         );
     }
 

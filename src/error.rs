@@ -43,6 +43,12 @@ pub enum ApiError {
     /// Body or decoded image over its limit.
     #[error("payload too large")]
     PayloadTooLarge,
+    /// The body did not arrive in time.
+    #[error("request body timed out")]
+    BodyTimeout,
+    /// Every upload slot is taken: back-pressure instead of unbounded memory.
+    #[error("upload slots exhausted")]
+    Overloaded,
     /// No route for this path.
     #[error("route not found")]
     RouteNotFound,
@@ -88,6 +94,8 @@ impl ApiError {
             Self::Validation(_) | Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::RouteNotFound | Self::ImageNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -116,6 +124,8 @@ impl ApiError {
             Self::InvalidJson(_) => "JSON invalide".into(),
             Self::UnsupportedMediaType => "Content-Type application/json requis".into(),
             Self::PayloadTooLarge => "Image trop volumineuse".into(),
+            Self::BodyTimeout => "Délai de réception de la requête dépassé".into(),
+            Self::Overloaded => "Service surchargé, réessayez dans un instant".into(),
             Self::RouteNotFound => "Route non trouvée".into(),
             Self::MethodNotAllowed => "Méthode non autorisée".into(),
             Self::RateLimited { .. } => "Trop de requêtes, réessayez plus tard".into(),
@@ -163,6 +173,9 @@ impl IntoResponse for ApiError {
             }
             Self::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -1,32 +1,52 @@
 //! Extractors whose rejections answer in the contract's error shape.
 
+use std::sync::Arc;
+
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{header, request::Parts, StatusCode};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::domain::{FieldError, ImageId, Location};
 use crate::error::ApiError;
+use crate::state::AppState;
 
-/// A JSON body: `415` without a JSON content type, `413` over the body limit,
-/// `400 JSON invalide` when it does not parse.
-pub struct ApiJson<T>(pub T);
+/// A JSON request body as bytes: `415` without a JSON content type, `413`
+/// over the body limit, `408` when it does not arrive in time.
+pub struct JsonBytes(pub Bytes);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl FromRequest<AppState> for JsonBytes {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         if !is_json(req.headers().get(header::CONTENT_TYPE)) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::InvalidJson(rejection.body_text())
-            }
-        })?;
+        let read = Bytes::from_request(req, state);
+        let bytes = tokio::time::timeout(state.config.body_read_timeout, read)
+            .await
+            .map_err(|_| ApiError::BodyTimeout)?
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::InvalidJson(rejection.body_text())
+                }
+            })?;
+        Ok(Self(bytes))
+    }
+}
+
+/// A JSON body parsed into `T`; `400 JSON invalide` when it does not parse.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
         serde_json::from_slice(&bytes)
             .map(Self)
             .map_err(|e| ApiError::InvalidJson(e.to_string()))
@@ -71,6 +91,36 @@ impl<S: Send + Sync> FromRequestParts<S> for IdParam {
                     crate::domain::msg::ID,
                 ))))
             }
+        }
+    }
+}
+
+/// Uploads admitted at once.
+///
+/// Taken before the body is read: a create holds about its body plus its
+/// decoded image, so bounding creates bounds memory, whatever the number of
+/// clients sending 10 MiB images at once.
+#[derive(Clone)]
+pub struct UploadSlots(Arc<Semaphore>);
+
+impl UploadSlots {
+    /// `n` slots.
+    pub fn new(n: usize) -> Self {
+        Self(Arc::new(Semaphore::new(n)))
+    }
+}
+
+/// One admitted create; the slot frees when this is dropped.
+pub struct UploadSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl FromRequestParts<AppState> for UploadSlot {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let slots = state.upload_slots.0.clone();
+        match tokio::time::timeout(state.config.upload_slot_wait, slots.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Self(permit)),
+            _ => Err(ApiError::Overloaded),
         }
     }
 }

@@ -7,6 +7,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Verifier;
 use crate::clients::{bdd::BddClient, storage::StorageClient};
 use crate::config::Config;
+use crate::extract::UploadSlots;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 
@@ -23,6 +24,8 @@ pub struct AppState {
     pub bdd: BddClient,
     /// This app's metrics.
     pub metrics: Metrics,
+    /// Creates admitted at once.
+    pub upload_slots: UploadSlots,
     /// Per-user limit, when on.
     pub rate_limiter: Option<Arc<RateLimiter>>,
     /// Multi-step operations run here so a client hanging up cannot cut them

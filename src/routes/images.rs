@@ -18,22 +18,33 @@ use crate::domain::{
     object_path_of, parse_status_body, ImageId, ListQuery, NewImage, NewImageError, UserId,
 };
 use crate::error::ApiError;
-use crate::extract::{ApiJson, IdParam};
+use crate::extract::{ApiJson, IdParam, JsonBytes, UploadSlot};
 use crate::http::{json_response, RequestId};
 use crate::state::AppState;
 
 /// `POST /api/images`: upload to Storage, then record in the BDD.
+///
+/// An upload slot is taken before the body is read and held until the
+/// upload is done: that bounds the memory of concurrent creates.
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     request_id: RequestId,
-    ApiJson(body): ApiJson<Value>,
+    slot: UploadSlot,
+    JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
-    let image = NewImage::parse(body, state.config.max_image_bytes).map_err(|e| match e {
+    let image = NewImage::from_json(&body, state.config.max_image_bytes).map_err(|e| match e {
+        NewImageError::InvalidJson(detail) => ApiError::InvalidJson(detail),
         NewImageError::Invalid(details) => ApiError::Validation(details),
         NewImageError::TooLarge => ApiError::PayloadTooLarge,
     })?;
-    run_to_completion(&state, create_flow(state.clone(), user, image, request_id)).await
+    // The decoded image is all that is needed from here on.
+    drop(body);
+    run_to_completion(
+        &state,
+        create_flow(state.clone(), user, image, request_id, slot),
+    )
+    .await
 }
 
 async fn create_flow(
@@ -41,6 +52,7 @@ async fn create_flow(
     user: UserId,
     image: NewImage,
     request_id: RequestId,
+    slot: UploadSlot,
 ) -> Result<Response, ApiError> {
     let path = format!(
         "{}/{}_generated_{}.{}",
@@ -61,6 +73,7 @@ async fn create_flow(
         )
         .await;
     state.metrics.uploads_in_flight(-1.0);
+    drop(slot);
     uploaded.map_err(|e| ApiError::Storage(StorageOp::Upload, e))?;
     let url = state.storage.public_url(&path);
 

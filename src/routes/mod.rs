@@ -14,6 +14,9 @@ use crate::error::ApiError;
 use crate::http::{self, AllowedOrigins};
 use crate::state::AppState;
 
+/// Largest `PATCH /api/images/:id/status` body.
+const STATUS_BODY_LIMIT: usize = 64 * 1024;
+
 /// Builds the application router with its state and layers.
 pub fn router(state: AppState) -> Router {
     let origins = AllowedOrigins::new(&state.config.frontend_origins);
@@ -31,7 +34,11 @@ pub fn router(state: AppState) -> Router {
             "/api/images/{id}",
             get(images::get_one).delete(images::delete),
         )
-        .route("/api/images/{id}/status", patch(images::update_status))
+        // A status change is a few bytes: no reason to buffer 50 MB for it.
+        .route(
+            "/api/images/{id}/status",
+            patch(images::update_status).layer(DefaultBodyLimit::max(STATUS_BODY_LIMIT)),
+        )
         .fallback(|| async { ApiError::RouteNotFound })
         .with_state(state)
         // Layers run bottom-up on the way in: the request id is set first.
