@@ -11,8 +11,10 @@ pub fn init(level: &str, format: LogFormat) {
     let _ = match format {
         LogFormat::Json => builder
             .json()
-            .with_current_span(true)
-            .with_span_list(false)
+            // Every enclosing span, so a line logged inside an upstream call
+            // still carries the request's id and user.
+            .with_current_span(false)
+            .with_span_list(true)
             .flatten_event(true)
             .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),

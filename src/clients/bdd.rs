@@ -259,7 +259,7 @@ impl BddClient {
         self.metrics.upstream(Upstream::Bdd, outcome, latency);
         if let Err(e) = &result {
             if !matches!(e, BddError::Rejected { .. }) {
-                tracing::warn!(upstream = "bdd", %method, error = %e, latency_ms = latency.as_millis() as u64, "BDD call failed");
+                tracing::warn!(upstream = "bdd", %method, error = %e, latency_ms = latency.as_micros() as f64 / 1000.0, "BDD call failed");
             }
         }
         result

@@ -189,7 +189,7 @@ impl StorageClient {
         let latency = started.elapsed();
         self.metrics.upstream(Upstream::Storage, outcome, latency);
         if let Err(e) = &result {
-            tracing::warn!(upstream = "storage", error = %e, latency_ms = latency.as_millis() as u64, "storage call failed");
+            tracing::warn!(upstream = "storage", error = %e, latency_ms = latency.as_micros() as f64 / 1000.0, "storage call failed");
         }
         result
     }

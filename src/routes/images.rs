@@ -99,7 +99,10 @@ async fn create_flow(
         }
     };
     state.metrics.bytes_stored(size);
-    tracing::info!(image_id = %id, path, "image stored");
+    match &id {
+        Value::String(id) => tracing::info!(image_id = id.as_str(), path, "image stored"),
+        other => tracing::info!(image_id = %other, path, "image stored"),
+    }
     Ok(json_response(
         StatusCode::CREATED,
         json!({"success": true, "data": {

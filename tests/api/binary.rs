@@ -141,3 +141,92 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits_cleanly() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn json_logs_tie_every_line_of_a_request_to_its_request_and_user_ids() {
+    // Arrange: the BDD refuses creates with a 500.
+    let stand_ins = spawn_app().await;
+    stand_ins
+        .bdd
+        .inject(FaultRule::new(Fault::Status(500)).method(Method::POST));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(BIN)
+        .current_dir(temp_dir("logs"))
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("CLERK_ISSUER", stand_ins.clerk.issuer())
+        .env("SUPABASE_URL", stand_ins.storage.url())
+        .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
+        .env("BDD_SERVICE_URL", stand_ins.bdd.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "binary did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = stand_ins.token("user_log");
+
+    // Act
+    let answer = client
+        .post(format!("{base}/api/images"))
+        .bearer_auth(&token)
+        .header("x-request-id", "req-log-1")
+        .json(&serde_json::json!({"prompt": "p", "imageData": png_base64(32)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 502);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    child.start_kill().unwrap();
+    let output = child.wait_with_output().await.unwrap();
+
+    // Assert
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    // The request span is the outermost of each line's span list.
+    let request_span = |l: &serde_json::Value| l["spans"][0].clone();
+    let of_request: Vec<_> = lines
+        .iter()
+        .filter(|l| request_span(l)["request_id"] == "req-log-1")
+        .collect();
+    assert!(of_request.len() >= 2, "{stdout}");
+    for line in &of_request {
+        assert_eq!(request_span(line)["user_id"], "user_log", "{line}");
+    }
+    let upstream: Vec<_> = of_request
+        .iter()
+        .filter(|l| l["upstream"] == "bdd")
+        .collect();
+    assert_eq!(upstream.len(), 1, "{stdout}");
+    assert!(upstream[0]["latency_ms"].is_number());
+    assert!(upstream[0]["error"].as_str().unwrap().contains("500"));
+    let summary = of_request
+        .iter()
+        .find(|l| l["message"] == "request served" || l["message"] == "request failed")
+        .expect("the request line");
+    assert_eq!(summary["status"], 502);
+    assert_eq!(request_span(summary)["method"], "POST");
+    assert_eq!(request_span(summary)["path"], "/api/images");
+    assert!(summary["latency_ms"].is_number());
+    assert!(!stdout.contains(&token), "a token was logged");
+    assert!(!stdout.contains(SERVICE_KEY), "the service key was logged");
+}
