@@ -129,6 +129,11 @@ impl KeyStore {
             .ok_or(AuthError::UnknownKey)
     }
 
+    /// The key held for `kid` now, without fetching.
+    pub fn current(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+        self.read_keys().and_then(|keys| keys.get(kid).cloned())
+    }
+
     fn read_keys(&self) -> Option<KeySet> {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -1,5 +1,6 @@
 //! Clerk session tokens: the `AuthUser` extractor and the checks of contract §2.
 
+pub mod cache;
 pub mod jwks;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::AppState;
+use cache::{CacheKey, TokenCache};
 use jwks::{KeyStore, MAX_KID_LEN};
 
 /// Longest token accepted (compact JWS).
@@ -54,6 +56,7 @@ enum Keys {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
     azp: Option<String>,
 }
 
@@ -62,6 +65,7 @@ pub struct Verifier {
     keys: Keys,
     validation: Validation,
     authorized_parties: Option<Vec<String>>,
+    cache: TokenCache,
 }
 
 impl Verifier {
@@ -101,6 +105,7 @@ impl Verifier {
             keys,
             validation,
             authorized_parties: config.authorized_parties.clone(),
+            cache: TokenCache::default(),
         })
     }
 
@@ -122,14 +127,18 @@ impl Verifier {
 
     /// Checks a token and returns its user.
     pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let cache_key = CacheKey::of(token);
+        if let Some(user) = self
+            .cache
+            .get(&cache_key, |kid, key| self.still_holds(kid, key))
+        {
+            return Ok(user);
+        }
         let kid = precheck(token)?;
-        let key = match &self.keys {
-            Keys::Static(key) => key.clone(),
-            Keys::Jwks(store) => {
-                store
-                    .key(&kid.ok_or(AuthError::Malformed("no kid"))?)
-                    .await?
-            }
+        let key = match (&self.keys, &kid) {
+            (Keys::Static(key), _) => key.clone(),
+            (Keys::Jwks(store), Some(kid)) => store.key(kid).await?,
+            (Keys::Jwks(_), None) => return Err(AuthError::Malformed("no kid")),
         };
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
             .map_err(|e| AuthError::Rejected(e.to_string()))?
@@ -140,7 +149,20 @@ impl Verifier {
                 return Err(AuthError::BadClaim("azp not authorized"));
             }
         }
+        self.cache
+            .insert(cache_key, user.clone(), claims.exp, kid, key);
         Ok(user)
+    }
+
+    /// Whether `key` is still what verifies tokens of `kid`.
+    fn still_holds(&self, kid: Option<&str>, key: &Arc<DecodingKey>) -> bool {
+        match (&self.keys, kid) {
+            (Keys::Static(current), _) => Arc::ptr_eq(current, key),
+            (Keys::Jwks(store), Some(kid)) => store
+                .current(kid)
+                .is_some_and(|current| Arc::ptr_eq(&current, key)),
+            (Keys::Jwks(_), None) => false,
+        }
     }
 }
 

@@ -99,9 +99,16 @@ async fn the_binary_starts_and_is_healthy_with_the_dockerfile_environment() {
     let _ = child.start_kill();
     let output = child.wait_with_output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let first = stdout.lines().next().expect("a log line");
-    let line: serde_json::Value = serde_json::from_str(first).expect("JSON logs (LOG_FORMAT=json)");
-    assert_eq!(line["message"], "image service listening");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON logs (LOG_FORMAT=json)"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "image service listening"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
