@@ -839,3 +839,28 @@ async fn a_user_over_the_rate_limit_gets_429_while_others_are_served() {
     assert_eq!(other.status(), 200);
     assert_eq!(list_calls(&app), 3, "the limited request reached the BDD");
 }
+
+#[tokio::test]
+async fn a_token_verified_before_its_key_was_removed_is_refused_after_the_refresh() {
+    // Arrange: a token accepted (and remembered) while its key is served.
+    let app = spawn_app_with(
+        TestOptions::default().tweak(|c| c.clerk.refresh_interval = Duration::from_millis(100)),
+    )
+    .await;
+    let token = app.token("user_revoked");
+    assert_eq!(app.get("/api/images", &token).await.status(), 200);
+    assert_eq!(app.get("/api/images", &token).await.status(), 200);
+
+    // Act: the key set drops that key; wait for two background refreshes.
+    app.clerk.set_keys(vec![test_key(1)]);
+    let seen = app.jwks_fetches();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while app.jwks_fetches() < seen + 2 {
+        assert!(std::time::Instant::now() < deadline, "no refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = app.get("/api/images", &token).await;
+
+    // Assert
+    assert_eq!(response.status(), 401);
+}
