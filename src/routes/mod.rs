@@ -34,10 +34,12 @@ pub fn router(state: AppState) -> Router {
             "/api/images/{id}",
             get(images::get_one).delete(images::delete),
         )
-        // A status change is a few bytes: no reason to buffer 50 MB for it.
+        // A status change is a few bytes: no reason to buffer 50 MB for it,
+        // and never more than MAX_BODY_BYTES.
         .route(
             "/api/images/{id}/status",
-            patch(images::update_status).layer(DefaultBodyLimit::max(STATUS_BODY_LIMIT)),
+            patch(images::update_status)
+                .layer(DefaultBodyLimit::max(STATUS_BODY_LIMIT.min(body_limit))),
         )
         .fallback(|| async { ApiError::RouteNotFound })
         .with_state(state)

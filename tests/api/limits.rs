@@ -179,3 +179,22 @@ async fn a_status_body_over_64_kib_is_refused_with_413() {
         json!({"success": false, "error": "Image trop volumineuse"})
     );
 }
+
+#[tokio::test]
+async fn a_status_body_over_a_smaller_max_body_bytes_is_refused_with_413() {
+    let app = spawn_app_with(TestOptions::default().env("MAX_BODY_BYTES", "4096")).await;
+    let token = app.token("user_a");
+    let id = app.create_image(&token, "p").await["image_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let response = app
+        .authed(Method::PATCH, &format!("/api/images/{id}/status"), &token)
+        .json(&json!({"status": "printed", "padding": "x".repeat(8 * 1024)}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 413);
+}
