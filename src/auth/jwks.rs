@@ -207,7 +207,14 @@ impl KeyStore {
                 ReadError::TooLarge => FetchError::Invalid("JWKS too large".into()),
                 ReadError::Transport(e) => Transport::classify(&e).into(),
             })?;
-        parse_jwks(&body).map_err(FetchError::Invalid)
+        let keys = parse_jwks(&body).map_err(FetchError::Invalid)?;
+        // A set with nothing usable is a failed refresh, not a revocation of every key.
+        if keys.is_empty() {
+            return Err(FetchError::Invalid(
+                "JWKS holds no usable RSA signing key".into(),
+            ));
+        }
+        Ok(keys)
     }
 }
 
@@ -255,7 +262,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<DecodingKey>>, Stri
         let (Some(kid), Some(n), Some(e)) = (field("kid"), field("n"), field("e")) else {
             continue;
         };
-        if !usable || kid.is_empty() || kid.len() > MAX_KID_LEN || out.contains_key(kid) {
+        if !usable || kid.is_empty() || kid.chars().count() > MAX_KID_LEN || out.contains_key(kid) {
             continue;
         }
         if let Ok(key) = DecodingKey::from_rsa_components(n, e) {

@@ -183,7 +183,7 @@ pub fn precheck(token: &str) -> Result<Option<String>, AuthError> {
         return Err(AuthError::Malformed("algorithm is not RS256"));
     }
     if let Some(kid) = &header.kid {
-        if kid.is_empty() || kid.len() > MAX_KID_LEN {
+        if kid.is_empty() || kid.chars().count() > MAX_KID_LEN {
             return Err(AuthError::Malformed("kid length"));
         }
     }

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::auth::AuthUser;
 use crate::clients::bdd::BddAnswer;
-use crate::clients::storage::StorageOp;
+use crate::clients::storage::{StorageError, StorageOp};
 use crate::domain::{
     object_path_of, parse_status_body, ImageId, ListQuery, NewImage, NewImageError, UserId,
 };
@@ -74,7 +74,23 @@ async fn create_flow(
         .await;
     state.metrics.uploads_in_flight(-1.0);
     drop(slot);
-    uploaded.map_err(|e| ApiError::Storage(StorageOp::Upload, e))?;
+    if let Err(e) = uploaded {
+        // Timed out or cut off: the object may have landed anyway. Its name
+        // is ours alone, so removing it is safe; do it without delaying the answer.
+        if matches!(e, StorageError::Timeout | StorageError::Failed(_)) {
+            let (storage, path, request_id) =
+                (state.storage.clone(), path.clone(), request_id.clone());
+            state.tasks.spawn(
+                async move {
+                    if let Err(error) = storage.remove(&path, &request_id).await {
+                        tracing::warn!(path, %error, "possible orphan object after a failed upload");
+                    }
+                }
+                .instrument(tracing::Span::current()),
+            );
+        }
+        return Err(ApiError::Storage(StorageOp::Upload, e));
+    }
     let url = state.storage.public_url(&path);
 
     let created = state
