@@ -113,14 +113,51 @@ impl UploadSlots {
 /// One admitted create; the slot frees when this is dropped.
 pub struct UploadSlot(#[allow(dead_code)] OwnedSemaphorePermit);
 
-impl FromRequestParts<AppState> for UploadSlot {
+/// A create's JSON body, read once an upload slot is held.
+///
+/// When no slot frees in time the body is read and discarded (bounded by the
+/// body limit and read timeout, never held) before the `503`: a client still
+/// sending its image then reads a clean answer instead of a reset connection.
+pub struct UploadBody {
+    /// The slot, to hold until the upload is done.
+    pub slot: UploadSlot,
+    /// The body.
+    pub bytes: Bytes,
+}
+
+impl FromRequest<AppState> for UploadBody {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let slots = state.upload_slots.0.clone();
         match tokio::time::timeout(state.config.upload_slot_wait, slots.acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Self(permit)),
-            _ => Err(ApiError::Overloaded),
+            Ok(Ok(permit)) => {
+                let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+                Ok(Self {
+                    slot: UploadSlot(permit),
+                    bytes,
+                })
+            }
+            _ => {
+                let drain = discard(req.into_body(), state.config.max_body_bytes);
+                let _ = tokio::time::timeout(state.config.body_read_timeout, drain).await;
+                Err(ApiError::Overloaded)
+            }
+        }
+    }
+}
+
+/// Reads and drops up to `limit` bytes of a body.
+async fn discard(body: axum::body::Body, limit: usize) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            seen += data.len();
+            if seen > limit {
+                return;
+            }
         }
     }
 }

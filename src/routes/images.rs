@@ -18,7 +18,7 @@ use crate::domain::{
     object_path_of, parse_status_body, ImageId, ListQuery, NewImage, NewImageError, UserId,
 };
 use crate::error::ApiError;
-use crate::extract::{ApiJson, IdParam, JsonBytes, UploadSlot};
+use crate::extract::{ApiJson, IdParam, UploadBody, UploadSlot};
 use crate::http::{json_response, RequestId};
 use crate::state::AppState;
 
@@ -30,8 +30,7 @@ pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     request_id: RequestId,
-    slot: UploadSlot,
-    JsonBytes(body): JsonBytes,
+    UploadBody { slot, bytes: body }: UploadBody,
 ) -> Result<Response, ApiError> {
     let image = NewImage::from_json(&body, state.config.max_image_bytes).map_err(|e| match e {
         NewImageError::InvalidJson(detail) => ApiError::InvalidJson(detail),

@@ -133,7 +133,8 @@ async fn creates_beyond_the_upload_slots_get_a_clean_503_with_retry_after() {
     app.storage
         .inject(FaultRule::new(Fault::Delay(Duration::from_millis(600))).method(Method::POST));
     let token = app.token("user_busy");
-    let body = json!({"prompt": "p", "imageData": png_base64(256)});
+    // Big enough that a refused client is still sending when it is refused.
+    let body = json!({"prompt": "p", "imageData": png_base64(3 << 20)});
 
     // Act
     let (a, b, c) = tokio::join!(
