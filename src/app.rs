@@ -22,7 +22,7 @@ use crate::extract::UploadSlots;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::routes;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ impl App {
             metrics.clone(),
         )
         .map_err(BuildError::Setup)?;
-        let state = AppState {
+        let state = AppState::new(Shared {
             storage: StorageClient::new(
                 http.clone(),
                 &config.storage,
@@ -82,7 +82,7 @@ impl App {
             upload_slots: UploadSlots::new(config.max_uploads_in_flight),
             tasks: TaskTracker::new(),
             config: Arc::new(config),
-        };
+        });
         Ok(Self {
             listener,
             router: routes::router(state.clone()),

@@ -72,8 +72,10 @@ impl RequestId {
         plain.then(|| Self(s.into()))
     }
 
+    /// A random (v4) UUID from the thread's RNG: no system call per request.
     fn generate() -> Self {
-        Self(uuid::Uuid::new_v4().to_string().into())
+        let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        Self(uuid.hyphenated().to_string().into())
     }
 
     /// The id.

@@ -11,9 +11,27 @@ use crate::extract::UploadSlots;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 
-/// Shared, cheaply cloned application state.
+/// Shared application state: one `Arc`, so extracting it costs one increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Wraps the shared parts.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What every handler can reach.
+pub struct Shared {
     /// The configuration read at start-up.
     pub config: Arc<Config>,
     /// Token verification.

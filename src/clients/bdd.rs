@@ -4,11 +4,15 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use bytes::Bytes;
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use url::form_urlencoded;
 
 use super::{read_limited, ReadError, Transport};
-use crate::domain::{ImageId, ImageStatus, ListQuery, UserId};
+use crate::domain::{raw_str, ImageId, ImageStatus, ListQuery, UserId};
 use crate::http::{RequestId, X_REQUEST_ID};
 use crate::metrics::{Metrics, Outcome, Upstream};
 
@@ -50,20 +54,102 @@ impl From<Transport> for BddError {
     }
 }
 
-/// A successful BDD answer: the exact bytes (to pass on) and their parse.
+/// A successful BDD answer, kept as received so it can be passed on untouched.
+///
+/// The service reads only a few fields of it; they are viewed in place
+/// (borrowed `RawValue`s) rather than built into a `serde_json::Value`.
 #[derive(Debug, Clone)]
 pub struct BddAnswer {
-    /// Body as received.
+    /// Body as received (valid JSON).
     pub body: Bytes,
-    /// Body parsed.
-    pub json: Value,
+}
+
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct Page<'a> {
+    #[serde(borrow, default)]
+    images: Option<Vec<&'a RawValue>>,
+}
+
+/// The fields of a record the service reads, under either naming the BDD uses.
+#[derive(Debug, Default, serde::Deserialize)]
+#[allow(non_snake_case)]
+pub struct Record<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    image_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    createdAt: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    created_at: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    userId: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    imageUrl: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    image_url: Option<&'a RawValue>,
+}
+
+fn first<'a>(a: Option<&'a RawValue>, b: Option<&'a RawValue>) -> Option<&'a RawValue> {
+    let present = |v: &&RawValue| v.get() != "null";
+    a.filter(present).or(b.filter(present))
+}
+
+impl<'a> Record<'a> {
+    /// Views a record; anything that is not a JSON object has none of the fields.
+    pub fn view(raw: &'a RawValue) -> Self {
+        serde_json::from_str(raw.get()).unwrap_or_default()
+    }
+
+    /// `id` or `image_id`, as the BDD wrote it.
+    pub fn id(&self) -> Option<Value> {
+        first(self.id, self.image_id).and_then(|v| serde_json::from_str(v.get()).ok())
+    }
+
+    /// `createdAt` or `created_at`, as the BDD wrote it.
+    pub fn created_at(&self) -> Option<Value> {
+        first(self.createdAt, self.created_at).and_then(|v| serde_json::from_str(v.get()).ok())
+    }
+
+    /// `userId` or `user_id`, when a string.
+    pub fn owner(&self) -> Option<Cow<'a, str>> {
+        first(self.userId, self.user_id).and_then(raw_str)
+    }
+
+    /// `imageUrl` or `image_url`, when a string.
+    pub fn image_url(&self) -> Option<Cow<'a, str>> {
+        first(self.imageUrl, self.image_url).and_then(raw_str)
+    }
 }
 
 impl BddAnswer {
-    /// The record or payload under `data`, if any.
-    pub fn data(&self) -> Option<&Value> {
-        self.json.get("data").filter(|d| !d.is_null())
+    /// The JSON under `data`, unless absent or null.
+    pub fn data(&self) -> Option<&RawValue> {
+        serde_json::from_slice::<Envelope<'_>>(&self.body)
+            .ok()
+            .and_then(|e| e.data)
     }
+
+    /// The record under `data` (empty when there is none).
+    pub fn record(&self) -> Record<'_> {
+        self.data().map(Record::view).unwrap_or_default()
+    }
+}
+
+/// The records of a list page's `data` (`data.images`), if it has any.
+pub fn page_images(data: &RawValue) -> Vec<&RawValue> {
+    serde_json::from_str::<Page<'_>>(data.get())
+        .ok()
+        .and_then(|p| p.images)
+        .unwrap_or_default()
 }
 
 /// Talks to the BDD service.
@@ -94,7 +180,7 @@ impl BddClient {
     }
 
     /// `POST /api/images`: creates a record.
-    #[tracing::instrument(skip_all, fields(user_id = user.as_str()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = user.as_str()))]
     pub async fn create_image(
         &self,
         user: &UserId,
@@ -120,7 +206,7 @@ impl BddClient {
     }
 
     /// `GET /api/images?userId&page&limit[&status]`: one page of the user's records.
-    #[tracing::instrument(skip_all, fields(user_id = user.as_str()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = user.as_str()))]
     pub async fn list_images(
         &self,
         user: &UserId,
@@ -149,7 +235,7 @@ impl BddClient {
     }
 
     /// `GET /api/images/{id}?userId&user_id`: one record.
-    #[tracing::instrument(skip_all, fields(image_id = id.as_str()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(image_id = id.as_str()))]
     pub async fn get_image(
         &self,
         id: &ImageId,
@@ -168,7 +254,7 @@ impl BddClient {
     }
 
     /// `DELETE /api/images/{id}?userId&user_id`: removes a record.
-    #[tracing::instrument(skip_all, fields(image_id = id.as_str()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(image_id = id.as_str()))]
     pub async fn delete_image(
         &self,
         id: &ImageId,
@@ -187,7 +273,7 @@ impl BddClient {
     }
 
     /// `PATCH /api/images/{id}/status`: re-labels a record.
-    #[tracing::instrument(skip_all, fields(image_id = id.as_str()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(image_id = id.as_str()))]
     pub async fn update_status(
         &self,
         id: &ImageId,
@@ -322,14 +408,15 @@ fn owner_query(user: &UserId) -> String {
 }
 
 fn classify(status: StatusCode, body: Bytes) -> Result<BddAnswer, BddError> {
-    let json: Option<Value> = serde_json::from_slice(&body).ok();
-    match (status.as_u16(), json) {
-        (200..=299, Some(json)) => Ok(BddAnswer { body, json }),
-        (200..=299, None) => Err(BddError::Failed(format!(
+    // Checked without building anything: is the body JSON at all?
+    let is_json = serde_json::from_slice::<IgnoredAny>(&body).is_ok();
+    match (status.as_u16(), is_json) {
+        (200..=299, true) => Ok(BddAnswer { body }),
+        (200..=299, false) => Err(BddError::Failed(format!(
             "HTTP {status} with a body that is not JSON"
         ))),
-        (400..=499, Some(_)) => Err(BddError::Rejected { status, body }),
-        (404, None) => Err(BddError::Unsupported),
+        (400..=499, true) => Err(BddError::Rejected { status, body }),
+        (404, false) => Err(BddError::Unsupported),
         (_, _) => Err(BddError::Failed(format!("HTTP {}", status.as_u16()))),
     }
 }
@@ -366,6 +453,25 @@ mod tests {
             ),
             Err(BddError::Failed(_))
         ));
+    }
+
+    #[test]
+    fn records_are_viewed_under_either_naming() {
+        let answer = BddAnswer {
+            body: Bytes::from_static(
+                br#"{"success":true,"data":{"image_id":7,"created_at":"t","user_id":"u\u0041","image_url":"x","userId":null}}"#,
+            ),
+        };
+        let record = answer.record();
+        assert_eq!(record.id(), Some(json!(7)));
+        assert_eq!(record.created_at(), Some(json!("t")));
+        assert_eq!(record.owner().as_deref(), Some("uA"));
+        assert_eq!(record.image_url().as_deref(), Some("x"));
+        let empty = BddAnswer {
+            body: Bytes::from_static(br#"{"data":null}"#),
+        };
+        assert!(empty.data().is_none());
+        assert!(empty.record().id().is_none());
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl StorageClient {
     }
 
     /// Uploads a new object; never overwrites.
-    #[tracing::instrument(skip(self, bytes, request_id), fields(size = bytes.len()))]
+    #[tracing::instrument(level = "debug", skip(self, bytes, request_id), fields(size = bytes.len()))]
     pub async fn upload(
         &self,
         path: &str,
@@ -140,7 +140,7 @@ impl StorageClient {
     }
 
     /// Removes an object; a missing object counts as removed.
-    #[tracing::instrument(skip(self, request_id))]
+    #[tracing::instrument(level = "debug", skip(self, request_id))]
     pub async fn remove(&self, path: &str, request_id: &RequestId) -> Result<(), StorageError> {
         let request = self
             .request(

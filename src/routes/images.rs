@@ -8,11 +8,12 @@ use std::future::Future;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use bytes::Bytes;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::auth::AuthUser;
-use crate::clients::bdd::BddAnswer;
+use crate::clients::bdd::{page_images, BddAnswer, BddError, Record};
 use crate::clients::storage::{StorageError, StorageOp};
 use crate::domain::{
     object_path_of, parse_status_body, ImageId, ListQuery, NewImage, NewImageError, UserId,
@@ -97,11 +98,11 @@ async fn create_flow(
         .create_image(&user, &image.prompt, &url, &image.metadata, &request_id)
         .await
         .and_then(|answer| {
-            let record = answer.data().cloned().unwrap_or(Value::Null);
-            let id = first_of(&record, "id", "image_id").ok_or_else(|| {
-                crate::clients::bdd::BddError::Failed("created record has no id".into())
-            })?;
-            Ok((id, first_of(&record, "createdAt", "created_at")))
+            let record = answer.record();
+            let id = record
+                .id()
+                .ok_or_else(|| BddError::Failed("created record has no id".into()))?;
+            Ok((id, record.created_at()))
         });
     let (id, created_at) = match created {
         Ok(found) => found,
@@ -141,20 +142,35 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let query = ListQuery::parse(query.as_deref()).map_err(ApiError::Validation)?;
     let answer = state.bdd.list_images(&user, &query, &request_id).await?;
-    let mut data = answer
-        .data()
-        .cloned()
-        .unwrap_or_else(|| json!({"images": [], "pagination": {"total": 0}}));
-    // Defence in depth: a BDD that ignored the owner filter must not leak records.
+    let Some(data) = answer.data() else {
+        return Ok(json_response(
+            StatusCode::OK,
+            json!({"success": true, "data": {"images": [], "pagination": {"total": 0}}}),
+        ));
+    };
+    // Defence in depth: a BDD that ignored the owner filter must not leak
+    // records. The usual page has none to drop and is passed on as it came.
+    let foreign = page_images(data)
+        .iter()
+        .filter(|raw| Record::view(raw).owner().is_some_and(|o| !user.owns(&o)))
+        .count();
+    if foreign == 0 {
+        let mut body = Vec::with_capacity(data.get().len() + 32);
+        body.extend_from_slice(br#"{"success":true,"data":"#);
+        body.extend_from_slice(data.get().as_bytes());
+        body.push(b'}');
+        return Ok(json_response(StatusCode::OK, Bytes::from(body)));
+    }
+    tracing::error!(dropped = foreign, "BDD listed records of other users");
+    let mut data: Value = serde_json::from_str(data.get())
+        .map_err(|e| ApiError::Internal(format!("BDD page: {e}")))?;
     if let Some(images) = data.get_mut("images").and_then(Value::as_array_mut) {
-        let before = images.len();
-        images.retain(|record| owner_of(record).is_none_or(|owner| user.owns(owner)));
-        if images.len() != before {
-            tracing::error!(
-                dropped = before - images.len(),
-                "BDD listed records of other users"
-            );
-        }
+        images.retain(
+            |record| match record.get("userId").or_else(|| record.get("user_id")) {
+                Some(Value::String(owner)) => user.owns(owner),
+                _ => true,
+            },
+        );
     }
     Ok(json_response(
         StatusCode::OK,
@@ -192,21 +208,18 @@ async fn delete_flow(
     request_id: RequestId,
 ) -> Result<Response, ApiError> {
     let answer = fetch_owned(&state, &id, &user, &request_id).await?;
-    let record = answer.data().cloned().unwrap_or(Value::Null);
-    match first_of(&record, "imageUrl", "image_url") {
-        Some(Value::String(url)) => {
-            match object_path_of(&url, state.storage.public_prefix(), &user) {
-                Some(path) => state
-                    .storage
-                    .remove(&path, &request_id)
-                    .await
-                    .map_err(|e| ApiError::Storage(StorageOp::Removal, e))?,
-                None => tracing::warn!(
-                    url,
-                    "image URL is not one of ours: nothing removed from Storage"
-                ),
-            }
-        }
+    match answer.record().image_url() {
+        Some(url) => match object_path_of(&url, state.storage.public_prefix(), &user) {
+            Some(path) => state
+                .storage
+                .remove(&path, &request_id)
+                .await
+                .map_err(|e| ApiError::Storage(StorageOp::Removal, e))?,
+            None => tracing::warn!(
+                url = url.as_ref(),
+                "image URL is not one of ours: nothing removed from Storage"
+            ),
+        },
         _ => tracing::warn!("record has no image URL: nothing removed from Storage"),
     }
     state.bdd.delete_image(&id, &user, &request_id).await?;
@@ -251,28 +264,13 @@ async fn fetch_owned(
     request_id: &RequestId,
 ) -> Result<BddAnswer, ApiError> {
     let answer = state.bdd.get_image(id, user, request_id).await?;
-    if let Some(owner) = answer.data().and_then(owner_of) {
-        if !user.owns(owner) {
+    if let Some(owner) = answer.record().owner() {
+        if !user.owns(&owner) {
             tracing::error!(image_id = id.as_str(), "BDD returned another user's record");
             return Err(ApiError::ImageNotFound);
         }
     }
     Ok(answer)
-}
-
-fn owner_of(record: &Value) -> Option<&str> {
-    first_of_ref(record, "userId", "user_id").and_then(Value::as_str)
-}
-
-fn first_of_ref<'a>(record: &'a Value, camel: &str, snake: &str) -> Option<&'a Value> {
-    record
-        .get(camel)
-        .filter(|v| !v.is_null())
-        .or_else(|| record.get(snake).filter(|v| !v.is_null()))
-}
-
-fn first_of(record: &Value, camel: &str, snake: &str) -> Option<Value> {
-    first_of_ref(record, camel, snake).cloned()
 }
 
 /// Runs a multi-step operation as a tracked task that finishes even if the client leaves.
