@@ -1,5 +1,6 @@
 //! HTTP behaviour shared by every route (contract §6): JSON bodies, CORS,
-//! security headers, request ids and the one log line per request.
+//! security headers, request ids and the one log line per request, in one
+//! `edge` layer.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -84,15 +85,23 @@ impl RequestId {
     }
 }
 
-/// Request id, span, and the one log line per request.
+/// What the edge layer needs: metrics to count in, origins to allow.
+#[derive(Clone)]
+pub struct Edge {
+    /// This app's metrics.
+    pub metrics: Metrics,
+    /// CORS origins.
+    pub origins: AllowedOrigins,
+}
+
+/// Everything every answer gets, in one layer (one boxed future per request
+/// rather than four): the request id and span, CORS, the JSON shape of the
+/// router's 405, the security headers, the metrics and the one log line.
 ///
 /// The span carries the request id and, once authenticated, the user id, so
 /// every line logged while serving the request carries them too.
-pub async fn request_context(
-    State(metrics): State<Metrics>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub async fn edge(State(edge): State<Edge>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -100,29 +109,53 @@ pub async fn request_context(
         .unwrap_or_else(RequestId::generate);
     req.extensions_mut().insert(request_id.clone());
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        .map(|p| p.as_str().to_owned());
+    let origin = edge.origins.allowed(req.headers());
     let span = tracing::info_span!(
         "request",
         request_id = %request_id.as_str(),
         method = %method,
-        path = %path,
+        path = %req.uri().path(),
         user_id = tracing::field::Empty,
     );
-    let started = Instant::now();
-    let mut response = next.run(req).instrument(span.clone()).await;
-    // Microsecond precision, printed as milliseconds.
-    let latency = started.elapsed();
-    let latency_ms = latency.as_micros() as f64 / 1000.0;
 
-    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    let preflight = method == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        preflight_response(origin.as_ref(), req.headers())
+    } else {
+        let response = next.run(req).instrument(span.clone()).await;
+        let mut response = json_405(response);
+        cors_headers(response.headers_mut(), origin);
+        response
+    };
+
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        // A route may set its own (the docs page needs its inline script).
+        if !headers.contains_key(name) {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
     }
+    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
+        headers.insert(X_REQUEST_ID.clone(), value);
+    }
+
+    let latency = started.elapsed();
+    // Microsecond precision, printed as milliseconds.
+    let latency_ms = latency.as_micros() as f64 / 1000.0;
     let status = response.status().as_u16();
-    metrics.request(&route, method.as_str(), status, latency);
+    edge.metrics.request(
+        route.as_deref().unwrap_or("unmatched"),
+        method.as_str(),
+        status,
+        latency,
+    );
     let error = response
         .extensions()
         .get::<ErrorDetail>()
@@ -137,20 +170,19 @@ pub async fn request_context(
     response
 }
 
-/// Empty-bodied framework answers (405 from the router) get the contract's JSON shape.
-pub async fn json_fallbacks(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
-    if response.status() == StatusCode::METHOD_NOT_ALLOWED
-        && !response.headers().contains_key(header::CONTENT_TYPE)
+/// The router answers 405 with an empty body: give it the contract's JSON shape.
+fn json_405(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response.headers().contains_key(header::CONTENT_TYPE)
     {
-        let (parts, _) = response.into_parts();
-        let mut json = ApiError::MethodNotAllowed.into_response();
-        if let Some(allow) = parts.headers.get(header::ALLOW) {
-            json.headers_mut().insert(header::ALLOW, allow.clone());
-        }
-        return json;
+        return response;
     }
-    response
+    let (parts, _) = response.into_parts();
+    let mut json = ApiError::MethodNotAllowed.into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        json.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    json
 }
 
 /// The old service's helmet set, adapted to a JSON API.
@@ -172,24 +204,12 @@ const SECURITY_HEADERS: [(&str, &str); 9] = [
     ),
 ];
 
-/// Adds the security headers to every answer.
-pub async fn security_headers(req: Request, next: Next) -> Response {
-    let mut response = next.run(req).await;
-    let headers = response.headers_mut();
-    for (name, value) in SECURITY_HEADERS {
-        // A route may set its own (the docs page needs its inline script).
-        if headers.contains_key(name) {
-            continue;
-        }
-        headers.insert(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        );
-    }
-    response
-}
-
 /// Origins allowed by CORS.
+///
+/// CORS is hand-rolled rather than tower-http's `CorsLayer` because the
+/// contract wants preflights answered `204` and no CORS header at all for
+/// other origins, where `CorsLayer` answers `200` and always sends
+/// `allow-credentials`.
 #[derive(Debug, Clone)]
 pub struct AllowedOrigins(Arc<[HeaderValue]>);
 
@@ -212,45 +232,36 @@ impl AllowedOrigins {
 
 const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS");
 
-/// CORS for the frontend origins only, with credentials.
-///
-/// Hand-rolled rather than tower-http's `CorsLayer` because the contract wants
-/// preflights answered `204` and no CORS header at all for other origins,
-/// where `CorsLayer` answers `200` and always sends `allow-credentials`.
-pub async fn cors(State(origins): State<AllowedOrigins>, req: Request, next: Next) -> Response {
-    let origin = origins.allowed(req.headers());
-    let preflight = req.method() == Method::OPTIONS
-        && req
-            .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    if preflight {
-        let mut response = StatusCode::NO_CONTENT.into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::VARY,
-            HeaderValue::from_static(
-                "origin, access-control-request-method, access-control-request-headers",
-            ),
-        );
-        if let Some(origin) = origin {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
-            headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS);
-            if let Some(asked) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
-                headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
-            }
-            headers.insert(
-                header::ACCESS_CONTROL_MAX_AGE,
-                HeaderValue::from_static("600"),
-            );
-        }
-        return response;
-    }
-    let mut response = next.run(req).await;
+/// `204` to a preflight; CORS headers only for an allowed origin.
+fn preflight_response(origin: Option<&HeaderValue>, request: &HeaderMap) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static(
+            "origin, access-control-request-method, access-control-request-headers",
+        ),
+    );
+    if let Some(origin) = origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS);
+        if let Some(asked) = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+        }
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+    }
+    response
+}
+
+/// CORS headers of an actual (non-preflight) answer.
+fn cors_headers(headers: &mut HeaderMap, origin: Option<HeaderValue>) {
     headers.append(header::VARY, HeaderValue::from_static("origin"));
     if let Some(origin) = origin {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -263,7 +274,6 @@ pub async fn cors(State(origins): State<AllowedOrigins>, req: Request, next: Nex
             HeaderValue::from_static("x-request-id, retry-after"),
         );
     }
-    response
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {

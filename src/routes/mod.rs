@@ -11,7 +11,7 @@ use axum::{middleware, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::http::{self, AllowedOrigins};
+use crate::http::{self, AllowedOrigins, Edge};
 use crate::state::AppState;
 
 /// Largest `PATCH /api/images/:id/status` body.
@@ -21,7 +21,10 @@ const STATUS_BODY_LIMIT: usize = 64 * 1024;
 pub fn router(state: AppState) -> Router {
     let origins = AllowedOrigins::new(&state.config.frontend_origins);
     let body_limit = state.config.max_body_bytes;
-    let metrics = state.metrics.clone();
+    let edge = Edge {
+        metrics: state.metrics.clone(),
+        origins,
+    };
     Router::new()
         .route("/api/health", get(health::service))
         .route("/api/ready", get(health::ready))
@@ -43,7 +46,6 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { ApiError::RouteNotFound })
         .with_state(state)
-        // Layers run bottom-up on the way in: the request id is set first.
         .layer(DefaultBodyLimit::max(body_limit))
         // A bug must still answer the contract's 500, never drop the connection.
         .layer(CatchPanicLayer::custom(
@@ -51,11 +53,5 @@ pub fn router(state: AppState) -> Router {
                 ApiError::Internal("handler panicked".into()).into_response()
             },
         ))
-        .layer(middleware::from_fn(http::json_fallbacks))
-        .layer(middleware::from_fn_with_state(origins, http::cors))
-        .layer(middleware::from_fn(http::security_headers))
-        .layer(middleware::from_fn_with_state(
-            metrics,
-            http::request_context,
-        ))
+        .layer(middleware::from_fn_with_state(edge, http::edge))
 }
