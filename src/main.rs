@@ -59,7 +59,7 @@ async fn serve() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&config.log_level, config.log_format);
+    let _logs = telemetry::init(&config.log_level, config.log_format);
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(e) => {

@@ -1,14 +1,34 @@
 //! Tracing set-up: JSON lines in production, pretty in a terminal.
+//!
+//! Lines are handed to a writer thread that batches them into one `write`
+//! per burst (it flushes whenever its queue is empty, so nothing lingers),
+//! instead of a system call per line on the request's thread. Lines are
+//! never dropped: a full queue makes loggers wait.
 
+use std::io::BufWriter;
+
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// Keeps the writer thread; dropping it flushes what is queued.
+#[must_use = "logs are lost when the guard is dropped"]
+pub struct LogGuard(#[allow(dead_code)] Option<WorkerGuard>);
+
 /// Installs the global subscriber; a second call (tests) is a no-op.
-pub fn init(level: &str, format: LogFormat) {
+pub fn init(level: &str, format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        // A few hundred KiB at most: a burst waits rather than growing memory.
+        .buffered_lines_limit(1024)
+        .thread_name("log-writer")
+        .finish(BufWriter::with_capacity(16 * 1024, std::io::stdout()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let installed = match format {
         LogFormat::Json => builder
             .json()
             // Every enclosing span, so a line logged inside an upstream call
@@ -19,4 +39,5 @@ pub fn init(level: &str, format: LogFormat) {
             .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
+    LogGuard(installed.is_ok().then_some(guard))
 }

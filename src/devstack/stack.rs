@@ -158,7 +158,7 @@ pub async fn run() -> Result<(), String> {
     let options = DevStackOptions::from_env()?;
     let stack = DevStack::start(&options).await?;
     let config = stack.config(|name| std::env::var(name).ok())?;
-    crate::telemetry::init(&config.log_level, config.log_format);
+    let _logs = crate::telemetry::init(&config.log_level, config.log_format);
     let app = App::build(config).await.map_err(|e| e.to_string())?;
     let token = stack.token_for(DEMO_USER, DEMO_TOKEN_TTL);
     println!("{}", banner(&stack, &app, &token, &options));

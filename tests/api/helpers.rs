@@ -86,10 +86,11 @@ fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            image_service::telemetry::init(
+            // Kept for the whole test process.
+            std::mem::forget(image_service::telemetry::init(
                 "info,image_service=debug",
                 image_service::config::LogFormat::Pretty,
-            );
+            ));
         }
     });
 }
