@@ -162,3 +162,33 @@ async fn failed_background_jwks_refreshes_are_counted() {
         .await;
     assert_eq!(still_valid.status(), 201);
 }
+
+#[tokio::test]
+async fn samples_folded_by_the_background_upkeep_are_all_still_counted() {
+    // Arrange
+    let app = spawn_app().await;
+
+    // Act: traffic, then past an upkeep, then more traffic.
+    for _ in 0..5 {
+        app.request(Method::GET, "/api/health")
+            .send()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for _ in 0..3 {
+        app.request(Method::GET, "/api/health")
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = scrape(&app).await;
+
+    // Assert
+    let count = sample(
+        &text,
+        "http_request_duration_seconds_count",
+        &[("route", "/api/health"), ("method", "GET")],
+    );
+    assert_eq!(count, Some(8.0), "{text}");
+}
