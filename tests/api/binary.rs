@@ -16,6 +16,47 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Starts the built binary against `stand_ins`' upstreams on a free port and
+/// waits until it answers; returns it and its base URL.
+async fn start_binary(
+    stand_ins: &TestApp,
+    name: &str,
+    stdout: Stdio,
+) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(BIN)
+        .current_dir(temp_dir(name))
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("CLERK_ISSUER", stand_ins.clerk.issuer())
+        .env("SUPABASE_URL", stand_ins.storage.url())
+        .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
+        .env("BDD_SERVICE_URL", stand_ins.bdd.url())
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "binary did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base)
+}
+
 #[test]
 fn a_bad_environment_stops_the_process_with_one_line_per_variable() {
     let dir = temp_dir("badenv");
@@ -76,37 +117,8 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits_cleanly() {
     stand_ins.bdd.inject(
         FaultRule::new(Fault::Delay(Duration::from_millis(800))).path_prefix("/api/images"),
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(BIN)
-        .current_dir(temp_dir("sigterm"))
-        .env_clear()
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("CLERK_ISSUER", stand_ins.clerk.issuer())
-        .env("SUPABASE_URL", stand_ins.storage.url())
-        .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
-        .env("BDD_SERVICE_URL", stand_ins.bdd.url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = start_binary(&stand_ins, "sigterm", Stdio::null()).await;
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client
-        .get(format!("{base}/api/health"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "binary did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let token = stand_ins.token("user_a");
     let in_flight = tokio::spawn({
@@ -149,37 +161,8 @@ async fn json_logs_tie_every_line_of_a_request_to_its_request_and_user_ids() {
     stand_ins
         .bdd
         .inject(FaultRule::new(Fault::Status(500)).method(Method::POST));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(BIN)
-        .current_dir(temp_dir("logs"))
-        .env_clear()
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("CLERK_ISSUER", stand_ins.clerk.issuer())
-        .env("SUPABASE_URL", stand_ins.storage.url())
-        .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
-        .env("BDD_SERVICE_URL", stand_ins.bdd.url())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = start_binary(&stand_ins, "logs", Stdio::piped()).await;
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client
-        .get(format!("{base}/api/health"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "binary did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let token = stand_ins.token("user_log");
 
     // Act
