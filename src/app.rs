@@ -98,11 +98,6 @@ impl App {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// The application state (tests inspect the key store through it).
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
     /// Serves until SIGTERM or SIGINT.
     pub async fn run(self) -> std::io::Result<()> {
         self.run_until(shutdown_signal()).await

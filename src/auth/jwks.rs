@@ -54,7 +54,6 @@ pub struct KeyStore {
     fetch: tokio::sync::Mutex<FetchState>,
     /// Bumped after every completed attempt; waiters compare it to reuse the outcome.
     attempts: AtomicU64,
-    fetches: AtomicU64,
     metrics: Metrics,
 }
 
@@ -75,7 +74,6 @@ impl KeyStore {
             keys: RwLock::new(None),
             fetch: tokio::sync::Mutex::new(FetchState::default()),
             attempts: AtomicU64::new(0),
-            fetches: AtomicU64::new(0),
             metrics,
         }
     }
@@ -99,11 +97,6 @@ impl KeyStore {
     /// Whether a key set is held (readiness).
     pub fn is_loaded(&self) -> bool {
         self.read_keys().is_some()
-    }
-
-    /// How many fetches were sent (for tests and metrics).
-    pub fn fetch_count(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
     }
 
     /// Loads the set if none is held yet.
@@ -160,7 +153,6 @@ impl KeyStore {
             }
             state.last_unknown_kid_fetch = Some(Instant::now());
         }
-        self.fetches.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let fetched = self.fetch_set().await;
         let kind = match &fetched {

@@ -109,14 +109,6 @@ impl Verifier {
         })
     }
 
-    /// The key store, when keys come from a JWKS.
-    pub fn key_store(&self) -> Option<&Arc<KeyStore>> {
-        match &self.keys {
-            Keys::Jwks(store) => Some(store),
-            Keys::Static(_) => None,
-        }
-    }
-
     /// Whether tokens can be verified now, loading the key set if needed (readiness).
     pub async fn ready(&self) -> Result<(), AuthError> {
         match &self.keys {
