@@ -1111,24 +1111,27 @@ fn analyse(
         if objects.contains(&path) {
             continue;
         }
-        // A record without its object: which removal took it, and why?
-        let removed_by: Vec<&Call> = removals
-            .get(path.as_str())
-            .map(|v| v.iter().copied().filter(|c| c.forwarded).collect())
-            .unwrap_or_default();
+        // A record without its object: which removal took it, and why? Every
+        // removal that reached the gate counts: a gate connection cut while
+        // forwarding (the service timed out, an outage) may have delivered it.
+        let removed_by: Vec<&Call> = removals.get(path.as_str()).cloned().unwrap_or_default();
+        let uploader = uploads.get(path.as_str()).map(|u| u.request_id.as_str());
         let explained = removed_by.iter().find_map(|call| {
             let outcome = outcome_of.get(call.request_id.as_str())?;
-            // The record step must have been written without its answer reaching the service.
-            let record_answer_lost = || {
-                bdd_log.iter().any(|c| {
-                    c.request_id == call.request_id
-                        && c.method == Method::POST
-                        && c.forwarded
-                        && !c.answered
-                })
-            };
             match (outcome.op, outcome.status) {
-                (Op::Create, s) if s != 201 && record_answer_lost() => {
+                // The record exists and names this object, so the create that
+                // uploaded it wrote it; answering other than 201 means the
+                // BDD's answer never reached the service (late, dropped, or cut
+                // by an outage after the write), which then removed the object.
+                (Op::Create, s)
+                    if s != 201
+                        && uploader == Some(call.request_id.as_str())
+                        && bdd_log.iter().any(|c| {
+                            c.request_id == call.request_id
+                                && c.method == Method::POST
+                                && c.objects.contains(&path)
+                        }) =>
+                {
                     Some("create: record written, answer lost")
                 }
                 (Op::Delete, s) if s != 200 => Some("delete: object removed, record kept"),
@@ -1144,7 +1147,21 @@ fn analyse(
                 .violations
                 .entry("record without its object")
                 .or_default()
-                .push(format!("{id}: {path} (removals: {})", removed_by.len())),
+                .push(format!(
+                    "{id}: {path} (removed by {:?})",
+                    removed_by
+                        .iter()
+                        .map(|c| {
+                            let o = outcome_of.get(c.request_id.as_str());
+                            (
+                                &c.request_id,
+                                o.map(|o| (o.op, o.status)),
+                                c.fault,
+                                c.forwarded,
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                )),
         }
     }
 
