@@ -168,6 +168,15 @@ enum Idempotent {
     No,
 }
 
+/// What a successful answer must carry to count as one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A JSON body: it is passed on or read.
+    Json,
+    /// Only a 2xx status: the body is not used, so `204` or a text body is fine.
+    Success,
+}
+
 impl BddClient {
     /// A client of the BDD service at `base` (no trailing slash).
     pub fn new(http: reqwest::Client, base: &str, timeout: Duration, metrics: Metrics) -> Self {
@@ -200,7 +209,7 @@ impl BddClient {
             "/api/images".into(),
             Some(body),
             request_id,
-            Idempotent::No,
+            (Idempotent::No, Expect::Json),
         )
         .await
     }
@@ -229,7 +238,7 @@ impl BddClient {
             path,
             None,
             request_id,
-            Idempotent::Yes,
+            (Idempotent::Yes, Expect::Json),
         )
         .await
     }
@@ -248,7 +257,7 @@ impl BddClient {
             path,
             None,
             request_id,
-            Idempotent::Yes,
+            (Idempotent::Yes, Expect::Json),
         )
         .await
     }
@@ -260,16 +269,17 @@ impl BddClient {
         id: &ImageId,
         user: &UserId,
         request_id: &RequestId,
-    ) -> Result<BddAnswer, BddError> {
+    ) -> Result<(), BddError> {
         let path = format!("/api/images/{}?{}", id.as_str(), owner_query(user));
         self.call(
             reqwest::Method::DELETE,
             path,
             None,
             request_id,
-            Idempotent::Yes,
+            (Idempotent::Yes, Expect::Success),
         )
         .await
+        .map(drop)
     }
 
     /// `PATCH /api/images/{id}/status`: re-labels a record.
@@ -292,7 +302,7 @@ impl BddClient {
             path,
             Some(body),
             request_id,
-            Idempotent::No,
+            (Idempotent::No, Expect::Json),
         )
         .await
     }
@@ -304,7 +314,7 @@ impl BddClient {
             "/api/health".into(),
             None,
             request_id,
-            Idempotent::No,
+            (Idempotent::No, Expect::Success),
         )
         .await
         .map(drop)
@@ -316,17 +326,17 @@ impl BddClient {
         path_and_query: String,
         body: Option<Value>,
         request_id: &RequestId,
-        idempotent: Idempotent,
+        (idempotent, expect): (Idempotent, Expect),
     ) -> Result<BddAnswer, BddError> {
         let started = Instant::now();
         let mut result = self
-            .exchange(&method, &path_and_query, &body, request_id)
+            .exchange(&method, &path_and_query, &body, request_id, expect)
             .await;
         if idempotent == Idempotent::Yes {
             if let Err(Retry(t)) = &result {
                 tracing::info!(upstream = "bdd", error = ?t, "retrying once after a connection failure");
                 result = self
-                    .exchange(&method, &path_and_query, &body, request_id)
+                    .exchange(&method, &path_and_query, &body, request_id, expect)
                     .await;
             }
         }
@@ -357,6 +367,7 @@ impl BddClient {
         path_and_query: &str,
         body: &Option<Value>,
         request_id: &RequestId,
+        expect: Expect,
     ) -> Result<BddAnswer, Attempt> {
         let mut request = self
             .http
@@ -378,7 +389,7 @@ impl BddClient {
                 return Err(Attempt::Final(BddError::Failed("answer too large".into())))
             }
         };
-        classify(status, bytes).map_err(Attempt::Final)
+        classify(status, bytes, expect).map_err(Attempt::Final)
     }
 }
 
@@ -407,7 +418,10 @@ fn owner_query(user: &UserId) -> String {
         .finish()
 }
 
-fn classify(status: StatusCode, body: Bytes) -> Result<BddAnswer, BddError> {
+fn classify(status: StatusCode, body: Bytes, expect: Expect) -> Result<BddAnswer, BddError> {
+    if status.is_success() && expect == Expect::Success {
+        return Ok(BddAnswer { body });
+    }
     // Checked without building anything: is the body JSON at all?
     let is_json = serde_json::from_slice::<IgnoredAny>(&body).is_ok();
     match (status.as_u16(), is_json) {
@@ -427,11 +441,13 @@ mod tests {
 
     #[test]
     fn answers_are_classified_as_the_contract_says() {
-        assert!(classify(StatusCode::OK, Bytes::from_static(br#"{"success":true}"#)).is_ok());
+        let json = |s: &'static str| Bytes::from_static(s.as_bytes());
+        assert!(classify(StatusCode::OK, json(r#"{"success":true}"#), Expect::Json).is_ok());
         assert!(matches!(
             classify(
                 StatusCode::NOT_FOUND,
-                Bytes::from_static(br#"{"success":false}"#)
+                json(r#"{"success":false}"#),
+                Expect::Json
             ),
             Err(BddError::Rejected {
                 status: StatusCode::NOT_FOUND,
@@ -441,7 +457,8 @@ mod tests {
         assert_eq!(
             classify(
                 StatusCode::NOT_FOUND,
-                Bytes::from_static(b"<pre>Cannot PATCH</pre>")
+                json("<pre>Cannot PATCH</pre>"),
+                Expect::Json
             )
             .unwrap_err(),
             BddError::Unsupported
@@ -449,10 +466,30 @@ mod tests {
         assert!(matches!(
             classify(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                Bytes::from_static(br#"{"e":1}"#)
+                json(r#"{"e":1}"#),
+                Expect::Json
             ),
             Err(BddError::Failed(_))
         ));
+        assert!(matches!(
+            classify(StatusCode::OK, json("OK"), Expect::Json),
+            Err(BddError::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn a_call_whose_body_is_unused_succeeds_on_any_2xx() {
+        assert!(classify(StatusCode::NO_CONTENT, Bytes::new(), Expect::Success).is_ok());
+        assert!(classify(StatusCode::OK, Bytes::from_static(b"OK"), Expect::Success).is_ok());
+        assert_eq!(
+            classify(
+                StatusCode::NOT_FOUND,
+                Bytes::from_static(b"nope"),
+                Expect::Success
+            )
+            .unwrap_err(),
+            BddError::Unsupported
+        );
     }
 
     #[test]

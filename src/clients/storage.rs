@@ -149,7 +149,12 @@ impl StorageClient {
                 request_id,
             )
             .json(&serde_json::json!({ "prefixes": [path] }));
-        self.send(request).await.map(drop)
+        match self.send(request).await {
+            // Storage skips missing names (`200 []`), but a `"404"` refusal
+            // says the same thing: there is nothing left to remove.
+            Err(StorageError::Refused { status_code, .. }) if status_code == "404" => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     /// Whether Storage answers for the bucket (readiness).

@@ -322,6 +322,10 @@ fn not_found_record() -> Response {
 }
 
 fn bdd_status_body(status: StatusCode) -> Response {
+    if status == StatusCode::NO_CONTENT {
+        // What some frameworks answer to a DELETE: no body at all.
+        return status.into_response();
+    }
     let error = match status.as_u16() {
         500 => "Erreur interne du serveur",
         404 => "Image non trouvée",

@@ -368,8 +368,15 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
+/// A status fault as the real server answers it: a 4xx is a refusal, sent as
+/// HTTP 400 with the code in `statusCode`; a 5xx keeps its HTTP status.
 fn storage_status_body(status: StatusCode) -> Response {
     let code = status.as_u16();
+    let http_status = if status.is_client_error() {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
     let (error, message) = match code {
         500 => ("internal", "Internal Server Error"),
         413 => (
@@ -385,7 +392,7 @@ fn storage_status_body(status: StatusCode) -> Response {
         ),
     };
     json_response(
-        status,
+        http_status,
         &json!({"statusCode": code.to_string(), "error": error, "message": message}),
     )
 }

@@ -246,13 +246,14 @@ pub async fn update_status(
             ))
         }
     };
-    // The BDD's PATCH takes the owner in the body, which a BDD may ignore:
-    // check ownership first, as for reads and deletes.
-    fetch_owned(&state, &id, &user, &request_id).await?;
+    // The contract names one upstream call, the PATCH, which carries the
+    // owner for the BDD to enforce. Defence in depth without another call:
+    // an answer holding someone else's record is never shown.
     let answer = state
         .bdd
         .update_status(&id, &user, status, &request_id)
         .await?;
+    ensure_owned(&answer, &id, &user)?;
     Ok(json_response(StatusCode::OK, answer.body))
 }
 
@@ -264,13 +265,19 @@ async fn fetch_owned(
     request_id: &RequestId,
 ) -> Result<BddAnswer, ApiError> {
     let answer = state.bdd.get_image(id, user, request_id).await?;
-    if let Some(owner) = answer.record().owner() {
-        if !user.owns(&owner) {
-            tracing::error!(image_id = id.as_str(), "BDD returned another user's record");
-            return Err(ApiError::ImageNotFound);
-        }
-    }
+    ensure_owned(&answer, id, user)?;
     Ok(answer)
+}
+
+/// `404` when the record in a BDD answer carries another owner.
+fn ensure_owned(answer: &BddAnswer, id: &ImageId, user: &UserId) -> Result<(), ApiError> {
+    match answer.record().owner() {
+        Some(owner) if !user.owns(&owner) => {
+            tracing::error!(image_id = id.as_str(), "BDD returned another user's record");
+            Err(ApiError::ImageNotFound)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Runs a multi-step operation as a tracked task that finishes even if the client leaves.

@@ -300,3 +300,12 @@ pub fn closed_port_url() -> String {
     drop(listener);
     format!("http://127.0.0.1:{port}")
 }
+
+/// The recorded requests with this method.
+pub fn calls(requests: &[RecordedRequest], method: &Method) -> Vec<RecordedRequest> {
+    requests
+        .iter()
+        .filter(|r| r.method == *method)
+        .cloned()
+        .collect()
+}

@@ -148,14 +148,6 @@ async fn assert_error_prefix(
     error
 }
 
-fn calls(requests: &[RecordedRequest], method: &Method) -> Vec<RecordedRequest> {
-    requests
-        .iter()
-        .filter(|r| r.method == *method)
-        .cloned()
-        .collect()
-}
-
 fn bdd_creates(app: &TestApp) -> Vec<RecordedRequest> {
     calls(&app.bdd_calls(), &Method::POST)
 }
@@ -1209,6 +1201,51 @@ async fn delete_converges_on_retry_when_the_record_delete_fails_after_the_remova
     );
     assert_removal_call(&removals[0], &path);
     assert!(app.bdd.records().is_empty(), "record gone");
+}
+
+#[tokio::test]
+async fn delete_succeeds_when_the_bdd_answers_204_without_a_body() {
+    // Arrange
+    let (app, token, id) = app_with_image(TestOptions::default()).await;
+    app.bdd.inject(
+        FaultRule::new(Fault::Status(204))
+            .method(Method::DELETE)
+            .path_prefix("/api/images/"),
+    );
+
+    // Act
+    let response = app.delete(&format!("/api/images/{id}"), &token).await;
+
+    // Assert
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        json_body(response).await,
+        json!({"success": true, "message": "Image supprimée avec succès"})
+    );
+    assert!(app.objects().is_empty(), "object removed");
+    assert_eq!(calls(&app.bdd_calls(), &Method::DELETE).len(), 1);
+}
+
+#[tokio::test]
+async fn a_removal_refused_as_not_found_counts_as_removed() {
+    // Arrange: Storage answers 400 {"statusCode":"404",…} to the removal
+    let (app, token, id) = app_with_image(TestOptions::default()).await;
+    let path = app.objects()[0].clone();
+    app.storage.inject(
+        FaultRule::new(Fault::Status(404))
+            .method(Method::DELETE)
+            .path_prefix("/storage/v1/object"),
+    );
+
+    // Act
+    let response = app.delete(&format!("/api/images/{id}"), &token).await;
+
+    // Assert
+    assert_eq!(response.status(), 200);
+    let removals = removals(&app);
+    assert_eq!(removals.len(), 1);
+    assert_removal_call(&removals[0], &path);
+    assert!(app.bdd.records().is_empty(), "record deleted");
 }
 
 #[tokio::test]
