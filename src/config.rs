@@ -143,10 +143,11 @@ impl Config {
             problems: Vec::new(),
         };
 
-        let host = r.parsed("HOST", "0.0.0.0", "an IP address");
+        let host = r.host();
         let port = r.parsed("PORT", "5002", "a port number (0-65535)");
 
-        let issuer = r.required("CLERK_ISSUER").map(trim_slash);
+        // Kept exactly as written: tokens must carry this very `iss`.
+        let issuer = r.required("CLERK_ISSUER");
         if let Some(issuer) = &issuer {
             r.check_url("CLERK_ISSUER", issuer);
         }
@@ -157,7 +158,7 @@ impl Config {
             }
             None => format!(
                 "{}/.well-known/jwks.json",
-                issuer.clone().unwrap_or_default()
+                trim_slash(issuer.clone().unwrap_or_default())
             ),
         };
         let jwt_key_pem = r
@@ -238,7 +239,11 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             r.problem(format!("LOG_LEVEL: {log_level:?} is not a tracing filter such as info or image_service=debug"));
         }
-        let log_format = match r.optional("LOG_FORMAT").as_deref() {
+        let log_format = match r
+            .optional("LOG_FORMAT")
+            .map(|f| f.trim().to_ascii_lowercase())
+            .as_deref()
+        {
             None | Some("json") => Some(LogFormat::Json),
             Some("pretty") => Some(LogFormat::Pretty),
             Some(other) => {
@@ -338,6 +343,23 @@ impl Reader<'_> {
         }
     }
 
+    /// `HOST`: an IP address, or a name such as `localhost` resolved once here.
+    fn host(&mut self) -> Option<IpAddr> {
+        let raw = self.optional("HOST").unwrap_or_else(|| "0.0.0.0".into());
+        if let Ok(ip) = raw.parse() {
+            return Some(ip);
+        }
+        let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(raw.as_str(), 0))
+            .ok()
+            .and_then(|mut addrs| addrs.next());
+        if resolved.is_none() {
+            self.problem(format!(
+                "HOST: expected an IP address or a resolvable host name, got {raw:?}"
+            ));
+        }
+        resolved.map(|a| a.ip())
+    }
+
     fn positive(&mut self, name: &str, default: &str) -> Option<u64> {
         match self.parsed::<u64>(name, default, "a whole number above 0") {
             Some(0) => {
@@ -389,7 +411,7 @@ mod tests {
         let c = config(MINIMAL).unwrap();
         assert_eq!(c.port, 5002);
         assert_eq!(c.host.to_string(), "0.0.0.0");
-        assert_eq!(c.clerk.issuer, "https://example.clerk.accounts.dev");
+        assert_eq!(c.clerk.issuer, "https://example.clerk.accounts.dev/");
         assert_eq!(
             c.clerk.jwks_url,
             "https://example.clerk.accounts.dev/.well-known/jwks.json"
@@ -420,6 +442,22 @@ mod tests {
             assert!(text.contains(name), "{name} missing from {text}");
         }
         assert_eq!(err.0.len(), 5);
+    }
+
+    #[test]
+    fn host_takes_a_name_and_log_format_any_case() {
+        let mut vars = MINIMAL.to_vec();
+        vars.push(("HOST", "localhost"));
+        vars.push(("LOG_FORMAT", "Pretty"));
+        let c = config(&vars).unwrap();
+        assert!(c.host.is_loopback(), "{}", c.host);
+        assert_eq!(c.log_format, LogFormat::Pretty);
+        vars.push(("HOST", "no such host.invalid"));
+        let vars: Vec<_> = vars
+            .into_iter()
+            .filter(|(k, v)| *k != "HOST" || v.contains(' '))
+            .collect();
+        assert!(config(&vars).unwrap_err().to_string().starts_with("HOST: "));
     }
 
     #[test]

@@ -203,7 +203,11 @@ impl ListQuery {
         let mut page = None;
         let mut limit = None;
         let mut status = None;
-        for (key, value) in url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
+        // A literal `+` is kept as a plus, not read as a form-encoded space:
+        // `?page=+2` is the "optional leading `+`" the contract allows, typed
+        // by hand, and no valid value of these parameters contains a space.
+        let raw_query = raw_query.unwrap_or("").replace('+', "%2B");
+        for (key, value) in url::form_urlencoded::parse(raw_query.as_bytes()) {
             let slot = match key.as_ref() {
                 "page" => &mut page,
                 "limit" => &mut limit,
@@ -662,6 +666,17 @@ mod tests {
         assert_eq!(
             (q.page, q.limit, q.status),
             (2, 5, Some(ImageStatus::Printed))
+        );
+    }
+
+    #[test]
+    fn a_literal_plus_is_a_plus_and_is_echoed_as_sent() {
+        let q = ListQuery::parse(Some("page=+2&limit=+7")).unwrap();
+        assert_eq!((q.page, q.limit), (2, 7));
+        let errors = ListQuery::parse(Some("page=+0")).unwrap_err();
+        assert_eq!(
+            errors[0].value.as_deref(),
+            Some(&Value::String("+0".into()))
         );
     }
 

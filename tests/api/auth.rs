@@ -255,6 +255,24 @@ async fn a_token_from_another_issuer_is_refused() {
 }
 
 #[tokio::test]
+async fn the_issuer_is_compared_exactly_as_configured() {
+    // Configured with a trailing slash, tokens must carry that very string.
+    let app = spawn_app_with(TestOptions::default().tweak(|c| c.clerk.issuer.push('/'))).await;
+    let with_slash = app.token_with(
+        "user_a",
+        json!({ "iss": format!("{}/", app.clerk.issuer()) }),
+    );
+    let without = app.token_with("user_a", json!({ "iss": app.clerk.issuer() }));
+
+    assert_eq!(app.get("/api/images", &with_slash).await.status(), 200);
+    assert_invalid(
+        app.get("/api/images", &without).await,
+        "iss without the slash",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_token_signed_with_a_key_not_in_the_set_is_refused() {
     let app = spawn_app().await;
 

@@ -674,7 +674,7 @@ async fn limits_of_1_100_and_plus_5_are_accepted() {
     let app = spawn_app().await;
     let token = app.token(USER);
 
-    for (raw, expected) in [("1", 1u64), ("100", 100), ("%2B5", 5)] {
+    for (raw, expected) in [("1", 1u64), ("100", 100), ("%2B5", 5), ("+5", 5)] {
         app.bdd.clear_requests();
 
         // Act
