@@ -46,16 +46,20 @@ image-service healthcheck  exit 0 if the local instance's /api/health answers 20
 image-service --help     this text";
 
 async fn serve() -> ExitCode {
-    // Variables already in the environment win over the file.
-    let _ = dotenvy::dotenv();
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(problems) => {
-            eprintln!("image-service: configuration problems:");
-            for line in &problems.0 {
-                eprintln!("  {line}");
+    // Only ./.env, as the contract says; variables already set win over it.
+    let dotenv = match dotenvy::from_path(".env") {
+        Err(e) if !e.not_found() => Some(format!(".env: cannot be read: {e}")),
+        _ => None,
+    };
+    let config = match (Config::from_env(), dotenv) {
+        (Ok(config), None) => config,
+        (result, dotenv) => {
+            // stderr: exactly one line per problem, each naming its variable
+            // (or the file). stdout: what to do instead.
+            for line in dotenv.iter().chain(result.err().iter().flat_map(|e| &e.0)) {
+                eprintln!("{line}");
             }
-            eprintln!("\nSee env.example. To try the service with no Clerk or Supabase account, run the dev stack:\n  cargo run -- dev");
+            println!("image-service: not started, the configuration has problems (listed on stderr; see env.example). To try the service with no Clerk or Supabase account, run the dev stack: cargo run -- dev");
             return ExitCode::from(2);
         }
     };

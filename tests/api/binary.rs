@@ -87,9 +87,36 @@ fn a_bad_environment_stops_the_process_with_one_line_per_variable() {
         assert!(!stderr.contains(ignored), "{ignored} in {stderr}");
     }
     assert!(!stderr.contains("super-secret-key"));
+    assert_eq!(stderr.lines().count(), 4, "one line per problem: {stderr}");
     assert!(
-        stderr.contains("cargo run -- dev"),
+        String::from_utf8_lossy(&output.stdout).contains("cargo run -- dev"),
         "points at the dev stack"
+    );
+}
+
+#[test]
+fn a_malformed_dotenv_file_is_a_problem_and_only_the_working_directory_counts() {
+    let parent = temp_dir("dotenv-parent");
+    std::fs::write(parent.join(".env"), "PORT=not-a-port\n").unwrap();
+    let dir = parent.join("child");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(".env"), "CLERK_ISSUER=\"unterminated\n").unwrap();
+
+    let output = Command::new(BIN)
+        .current_dir(&dir)
+        .env_clear()
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.lines().next().unwrap_or("").starts_with(".env: "),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("PORT"),
+        "the parent's .env is not read: {stderr}"
     );
 }
 
