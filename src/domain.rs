@@ -362,7 +362,13 @@ impl DecodedImage {
         }
         let padding = b64.iter().rev().take(2).take_while(|&&b| b == b'=').count();
         if b64.len() / 4 * 3 - padding > max_bytes {
-            return Err(ImageDataError::TooLarge);
+            // Still nothing decoded, but the base64 check comes first in the
+            // contract: an oversized string that is not base64 is a 400.
+            return Err(if is_base64_shaped(b64, padding) {
+                ImageDataError::TooLarge
+            } else {
+                ImageDataError::NotBase64
+            });
         }
         // SIMD first (about 5x faster on megabytes); it refuses non-zero
         // trailing bits, which the contract's base64 allows, so a refusal is
@@ -378,6 +384,13 @@ impl DecodedImage {
             kind,
         })
     }
+}
+
+/// Only standard-alphabet bytes before the `padding` trailing `=`s.
+fn is_base64_shaped(b64: &[u8], padding: usize) -> bool {
+    b64[..b64.len() - padding]
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 fn strip_data_url(s: &str) -> &str {
@@ -452,19 +465,48 @@ pub enum NewImageError {
 
 /// The create body's fields as raw JSON text borrowed from the request bytes:
 /// the base64 image (megabytes) is decoded from where it lies, never copied.
-#[derive(Default, serde::Deserialize)]
+///
+/// A present `null` is `Some`. A key given twice counts by its last value,
+/// as `JSON.parse` in the old service (serde's derive would refuse it).
+#[derive(Default)]
 struct RawCreate<'a> {
-    #[serde(default, borrow, deserialize_with = "present")]
     prompt: Option<&'a RawValue>,
-    #[serde(default, borrow, rename = "imageData", deserialize_with = "present")]
     image_data: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
     metadata: Option<&'a RawValue>,
 }
 
-/// `Some` for any present value, `null` included (`Option` alone maps `null` to `None`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue as serde::Deserialize>::deserialize(d).map(Some)
+impl<'de> serde::Deserialize<'de> for RawCreate<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = RawCreate<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut fields = RawCreate::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "prompt" => &mut fields.prompt,
+                        "imageData" => &mut fields.image_data,
+                        "metadata" => &mut fields.metadata,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value::<&'de RawValue>()?);
+                }
+                Ok(fields)
+            }
+        }
+        d.deserialize_map(Fields)
+    }
 }
 
 /// A JSON string's content, borrowed when it has no escapes; `None` if not a string.
@@ -798,6 +840,38 @@ mod tests {
             body(json!({"prompt": "p", "imageData": b64(&[PNG, &[0u8; 2000][..]].concat())}))
                 .unwrap_err(),
             NewImageError::TooLarge
+        );
+    }
+
+    #[test]
+    fn an_oversized_string_that_is_not_base64_is_a_validation_error() {
+        let good = b64(&[PNG, &[0u8; 2000][..]].concat());
+        let doubled = format!("{}{}", b64(PNG), b64(&[0u8; 2001]));
+        assert_eq!(doubled.len() % 4, 0);
+        assert!(
+            doubled[..doubled.len() - 2].contains('='),
+            "padding mid-string"
+        );
+        for (data, expected) in [
+            (good.replace('A', "*"), msg::IMAGE_NOT_BASE64),
+            (doubled, msg::IMAGE_NOT_BASE64),
+        ] {
+            assert_eq!(
+                msgs(body(serde_json::json!({"prompt": "p", "imageData": data}))),
+                vec![expected]
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_counts_by_its_last_value() {
+        let twice = format!(
+            r#"{{"prompt":"first","imageData":"!!","prompt":"last","imageData":"{}"}}"#,
+            b64(PNG)
+        );
+        assert_eq!(
+            NewImage::from_json(twice.as_bytes(), 1024).unwrap().prompt,
+            "last"
         );
     }
 
