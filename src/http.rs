@@ -71,7 +71,7 @@ impl RequestId {
     }
 
     /// A random (v4) UUID from the thread's RNG: no system call per request.
-    fn generate() -> Self {
+    pub fn generate() -> Self {
         let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
         Self(uuid.hyphenated().to_string().into())
     }

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::AuthError;
 use crate::clients::{read_limited, ReadError, Transport};
+use crate::http::{RequestId, X_REQUEST_ID};
 use crate::metrics::{Metrics, Outcome, Upstream};
 
 /// Largest key set accepted; Clerk's holds a handful of keys.
@@ -85,7 +86,8 @@ impl KeyStore {
             loop {
                 match store.upgrade() {
                     Some(store) => {
-                        let _ = store.refetch(Trigger::Load).await;
+                        // No request behind a scheduled refresh: it gets its own id.
+                        let _ = store.refetch(Trigger::Load, &RequestId::generate()).await;
                     }
                     None => return,
                 }
@@ -99,16 +101,21 @@ impl KeyStore {
         self.read_keys().is_some()
     }
 
-    /// Loads the set if none is held yet.
-    pub async fn ensure_loaded(&self) -> Result<(), AuthError> {
+    /// Loads the set if none is held yet; a fetch carries `request_id`.
+    pub async fn ensure_loaded(&self, request_id: &RequestId) -> Result<(), AuthError> {
         if self.is_loaded() {
             return Ok(());
         }
-        self.refetch(Trigger::Load).await
+        self.refetch(Trigger::Load, request_id).await
     }
 
-    /// The key named `kid`, refetching the set once if it is unknown.
-    pub async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
+    /// The key named `kid`, refetching the set once if it is unknown (the
+    /// fetch carries the id of the request that makes it).
+    pub async fn key(
+        &self,
+        kid: &str,
+        request_id: &RequestId,
+    ) -> Result<Arc<DecodingKey>, AuthError> {
         let trigger = match self.read_keys() {
             Some(keys) => match keys.get(kid) {
                 Some(key) => return Ok(key.clone()),
@@ -116,7 +123,7 @@ impl KeyStore {
             },
             None => Trigger::Load,
         };
-        self.refetch(trigger).await?;
+        self.refetch(trigger, request_id).await?;
         self.read_keys()
             .and_then(|keys| keys.get(kid).cloned())
             .ok_or(AuthError::UnknownKey)
@@ -132,7 +139,7 @@ impl KeyStore {
     }
 
     /// Fetches the set unless another caller just did; `Unavailable` only when nothing is held.
-    async fn refetch(&self, trigger: Trigger) -> Result<(), AuthError> {
+    async fn refetch(&self, trigger: Trigger, request_id: &RequestId) -> Result<(), AuthError> {
         let seen = self.attempts.load(Ordering::Acquire);
         let mut state = self.fetch.lock().await;
         let outcome = |state: &FetchState| match (self.is_loaded(), &state.last_error) {
@@ -154,7 +161,7 @@ impl KeyStore {
             state.last_unknown_kid_fetch = Some(Instant::now());
         }
         let started = Instant::now();
-        let fetched = self.fetch_set().await;
+        let fetched = self.fetch_set(request_id).await;
         let kind = match &fetched {
             Ok(_) => Outcome::Ok,
             Err(FetchError::Timeout) => Outcome::Timeout,
@@ -182,11 +189,15 @@ impl KeyStore {
         outcome(&state)
     }
 
-    async fn fetch_set(&self) -> Result<HashMap<String, Arc<DecodingKey>>, FetchError> {
+    async fn fetch_set(
+        &self,
+        request_id: &RequestId,
+    ) -> Result<HashMap<String, Arc<DecodingKey>>, FetchError> {
         let response = self
             .http
             .get(&self.url)
             .timeout(self.timeout)
+            .header(&X_REQUEST_ID, request_id.as_str())
             .send()
             .await
             .map_err(|e| FetchError::from(Transport::classify(&e)))?;

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::config::ClerkConfig;
 use crate::domain::UserId;
 use crate::error::ApiError;
+use crate::http::RequestId;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use cache::{CacheKey, TokenCache};
@@ -110,15 +111,15 @@ impl Verifier {
     }
 
     /// Whether tokens can be verified now, loading the key set if needed (readiness).
-    pub async fn ready(&self) -> Result<(), AuthError> {
+    pub async fn ready(&self, request_id: &RequestId) -> Result<(), AuthError> {
         match &self.keys {
             Keys::Static(_) => Ok(()),
-            Keys::Jwks(store) => store.ensure_loaded().await,
+            Keys::Jwks(store) => store.ensure_loaded(request_id).await,
         }
     }
 
-    /// Checks a token and returns its user.
-    pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+    /// Checks a token and returns its user; a key fetch it needs carries `request_id`.
+    pub async fn verify(&self, token: &str, request_id: &RequestId) -> Result<UserId, AuthError> {
         let cache_key = CacheKey::of(token);
         if let Some(user) = self
             .cache
@@ -129,7 +130,7 @@ impl Verifier {
         let kid = precheck(token)?;
         let key = match (&self.keys, &kid) {
             (Keys::Static(key), _) => key.clone(),
-            (Keys::Jwks(store), Some(kid)) => store.key(kid).await?,
+            (Keys::Jwks(store), Some(kid)) => store.key(kid, request_id).await?,
             (Keys::Jwks(_), None) => return Err(AuthError::Malformed("no kid")),
         };
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
@@ -205,7 +206,12 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(&parts.headers)?;
-        let user = state.verifier.verify(token).await?;
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate);
+        let user = state.verifier.verify(token, &request_id).await?;
         tracing::Span::current().record("user_id", user.as_str());
         if let Some(limiter) = &state.rate_limiter {
             limiter.check(&user)?;

@@ -36,7 +36,7 @@ pub async fn ready(State(state): State<AppState>, request_id: RequestId) -> Resp
     let budget = state.config.ready_timeout;
     let (bdd, auth, storage) = tokio::join!(
         check(budget, state.bdd.health(&request_id)),
-        check(budget, state.verifier.ready()),
+        check(budget, state.verifier.ready(&request_id)),
         check(budget, state.storage.check_bucket(&request_id)),
     );
     let all_ok = bdd.is_none() && auth.is_none() && storage.is_none();

@@ -538,6 +538,36 @@ async fn a_rotated_key_is_picked_up_through_one_refetch() {
 }
 
 #[tokio::test]
+async fn a_refetch_carries_the_request_id_of_the_request_that_made_it() {
+    let app = spawn_app().await;
+    jwks_baseline(&app).await;
+    app.clerk.set_keys(vec![test_key(1)]);
+
+    let response = app
+        .authed(Method::GET, "/api/images", &app.token("user_a"))
+        .header("x-request-id", "rid-jwks-1")
+        .send()
+        .await
+        .expect("sent");
+
+    assert_eq!(response.status(), 200);
+    let fetches: Vec<_> = app
+        .clerk
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/.well-known/jwks.json")
+        .collect();
+    assert_eq!(
+        fetches.last().unwrap().header("x-request-id"),
+        Some("rid-jwks-1")
+    );
+    assert!(
+        fetches.iter().all(|r| r.header("x-request-id").is_some()),
+        "the start-up fetch has an id of its own"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_unknown_kids_share_one_refetch_and_the_cooldown_holds() {
     let app = spawn_app().await;
     let baseline = jwks_baseline(&app).await;
