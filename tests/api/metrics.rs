@@ -99,6 +99,34 @@ async fn a_scrape_after_some_traffic_shows_the_right_counts() {
 }
 
 #[tokio::test]
+async fn invented_methods_share_one_label() {
+    // Arrange
+    let app = spawn_app().await;
+
+    // Act
+    for name in ["BREW", "WHEN", "BREW"] {
+        let method = Method::from_bytes(name.as_bytes()).unwrap();
+        app.request(method, "/api/health").send().await.unwrap();
+    }
+    let text = scrape(&app).await;
+
+    // Assert
+    assert_eq!(
+        sample(
+            &text,
+            "http_requests_total",
+            &[
+                ("route", "/api/health"),
+                ("method", "OTHER"),
+                ("status", "405")
+            ]
+        ),
+        Some(3.0)
+    );
+    assert!(!text.contains("BREW") && !text.contains("WHEN"));
+}
+
+#[tokio::test]
 async fn upstream_failures_are_counted_by_outcome() {
     // Arrange
     let app = spawn_app_with(TestOptions::default().env("UPSTREAM_TIMEOUT_MS", "200")).await;
