@@ -77,9 +77,12 @@ impl Outcome {
 #[derive(Clone)]
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
-    /// The request series seen so far, by route then method and status.
-    requests: Arc<RwLock<HashMap<String, HashMap<(Method, u16), RequestSeries>>>>,
+    /// The request series seen so far.
+    requests: Arc<RwLock<SeriesByRoute>>,
 }
+
+/// Request series by route template, then method and status.
+type SeriesByRoute = HashMap<String, HashMap<(Method, u16), RequestSeries>>;
 
 /// The two series of one route, method and status, resolved once: building
 /// their labelled keys on every request cost about a microsecond.
