@@ -70,8 +70,16 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
 }
 
+/// A list page whose records are all objects: read in one pass.
 #[derive(serde::Deserialize)]
 struct Page<'a> {
+    #[serde(borrow, default)]
+    images: Option<Vec<Record<'a>>>,
+}
+
+/// Any list page: each record kept raw, to be viewed one by one.
+#[derive(serde::Deserialize)]
+struct RawPage<'a> {
     #[serde(borrow, default)]
     images: Option<Vec<&'a RawValue>>,
 }
@@ -145,11 +153,21 @@ impl BddAnswer {
 }
 
 /// The records of a list page's `data` (`data.images`), if it has any.
-pub fn page_images(data: &RawValue) -> Vec<&RawValue> {
-    serde_json::from_str::<Page<'_>>(data.get())
+///
+/// One pass when every record is a well-formed object (the usual page);
+/// otherwise each record is viewed on its own, so one odd entry cannot hide
+/// the owners of the others.
+pub fn page_records(data: &RawValue) -> Vec<Record<'_>> {
+    if let Ok(page) = serde_json::from_str::<Page<'_>>(data.get()) {
+        return page.images.unwrap_or_default();
+    }
+    serde_json::from_str::<RawPage<'_>>(data.get())
         .ok()
         .and_then(|p| p.images)
         .unwrap_or_default()
+        .into_iter()
+        .map(Record::view)
+        .collect()
 }
 
 /// Talks to the BDD service.
@@ -509,6 +527,26 @@ mod tests {
         };
         assert!(empty.data().is_none());
         assert!(empty.record().id().is_none());
+    }
+
+    #[test]
+    fn page_owners_are_read_even_beside_odd_records() {
+        let owners = |page: &str| -> Vec<Option<String>> {
+            let raw: &RawValue = serde_json::from_str(page).unwrap();
+            page_records(raw)
+                .iter()
+                .map(|r| r.owner().map(|o| o.into_owned()))
+                .collect()
+        };
+        assert_eq!(
+            owners(r#"{"images":[{"userId":"a"},{"user_id":"b","x":[1]}],"pagination":{}}"#),
+            vec![Some("a".into()), Some("b".into())]
+        );
+        assert_eq!(
+            owners(r#"{"images":["odd",{"userId":"a","userId":"dup"},{"userId":"c"}]}"#),
+            vec![None, None, Some("c".into())]
+        );
+        assert!(owners(r#"{"images":{"not":"a list"}}"#).is_empty());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::auth::AuthUser;
-use crate::clients::bdd::{page_images, BddAnswer, BddError, Record};
+use crate::clients::bdd::{page_records, BddAnswer, BddError};
 use crate::clients::storage::{StorageError, StorageOp};
 use crate::domain::{
     object_path_of, parse_status_body, ImageId, ListQuery, NewImage, NewImageError, UserId,
@@ -150,9 +150,9 @@ pub async fn list(
     };
     // Defence in depth: a BDD that ignored the owner filter must not leak
     // records. The usual page has none to drop and is passed on as it came.
-    let foreign = page_images(data)
+    let foreign = page_records(data)
         .iter()
-        .filter(|raw| Record::view(raw).owner().is_some_and(|o| !user.owns(&o)))
+        .filter(|record| record.owner().is_some_and(|o| !user.owns(&o)))
         .count();
     if foreign == 0 {
         let mut body = Vec::with_capacity(data.get().len() + 32);
