@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of the image service (issue 3), Python 3.11 stdlib only.
 
-Starts the local Clerk/Storage/BDD stand-ins (`image-service stand-ins`) and
+Starts the local Clerk/Storage/BDD stand-ins (`devstack stand-ins`) and
 the service, pinned to separate CPUs, seeds 50 images, then drives each
 scenario with wrk and reads the service's cost from /proc. See
 bench/README.md for what every figure means.
@@ -539,6 +539,8 @@ def git_info() -> dict:
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", default=str(REPO / "target/release/image-service"))
+    ap.add_argument("--devstack", default=None,
+                    help="the devstack binary (stand-ins); default: next to --binary")
     ap.add_argument("--quick", action="store_true",
                     help="CI proof: 1 round, 2 s per scenario, 0.5 s warm-up, smaller (e)")
     ap.add_argument("--rounds", type=int)
@@ -592,7 +594,10 @@ def main(argv) -> int:
     started = time.monotonic()
     try:
         ports = free_ports(4)
-        stand = StandIns(binary, args.load_cpu, work, ports[1:])
+        devstack = Path(args.devstack).resolve() if args.devstack else binary.parent / "devstack"
+        if not os.access(devstack, os.X_OK):
+            raise HarnessError(f"no devstack executable at {devstack}")
+        stand = StandIns(devstack, args.load_cpu, work, ports[1:])
         stand.start()
         urls = stand.urls
         svc = start_service(binary, args.service_cpu, work, ports[0], urls, extra_env)

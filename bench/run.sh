@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The image service benchmark (issue 3). See bench/README.md.
 #   bench/run.sh                         full run: release build, 3 rounds x 10 s
-#   bench/run.sh --quick --binary target/debug/image-service    CI proof (< 1 min)
+#   bench/run.sh --quick --binary target/debug/image-service    CI proof (< 1 min; devstack beside it)
 # Every other argument goes to bench/run.py (--help lists them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +25,8 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 
 if [ "$binary_given" = 0 ]; then
-  echo "== cargo build --release --bin image-service" >&2
-  cargo build --release --locked --bin image-service >&2
+  echo "== cargo build --release (image-service, devstack)" >&2
+  cargo build --release --locked --bin image-service --bin devstack >&2
 fi
 
 exec python3 bench/run.py "$@"

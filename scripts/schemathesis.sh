@@ -4,7 +4,7 @@
 #
 #   cargo build && scripts/schemathesis.sh
 #
-# Starts `$BIN dev` on free loopback ports with a throw-away data folder, mints
+# Starts the dev stack (`$BIN`, the devstack binary) on free loopback ports with a throw-away data folder, mints
 # a token from the local Clerk, and runs every schemathesis phase (examples,
 # coverage, fuzzing, stateful) with checks: no 5xx; status code, content type,
 # headers and body as documented; 405 + Allow for undocumented methods; auth
@@ -12,7 +12,7 @@
 # exits non-zero on any failure. Needs python3 with venv, curl, and PyPI.
 #
 # Environment (all optional):
-#   BIN                the binary (default target/debug/image-service; not built here)
+#   BIN                the devstack binary (default target/debug/devstack; not built here)
 #   MAX_EXAMPLES       test cases per operation and phase (default 50)
 #   SEED               reproduce a run
 #   CHECKS             schemathesis checks (comma list)
@@ -22,13 +22,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
-BIN=${BIN:-target/debug/image-service}
+BIN=${BIN:-target/debug/devstack}
 MAX_EXAMPLES=${MAX_EXAMPLES:-50}
 SEED=${SEED:-}
 REPORT_DIR=${REPORT_DIR:-}
 CHECKS=${CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,unsupported_method,allow_header_conformance,ignored_auth,negative_data_rejection,missing_required_header}
 
-[ -x "$BIN" ] || { echo "schemathesis.sh: $BIN not found: run 'cargo build' first (or set BIN)" >&2; exit 2; }
+[ -x "$BIN" ] || { echo "schemathesis.sh: $BIN not found: run 'cargo build --workspace' first (or set BIN)" >&2; exit 2; }
 
 work=$(mktemp -d)
 pid=""
@@ -65,10 +65,10 @@ PY
 base="http://127.0.0.1:$PORT"
 
 # --- the dev stack: the service and its local Clerk, Storage and BDD
-echo "== starting $BIN dev on $base"
+echo "== starting $BIN on $base"
 PORT=$PORT DEV_CLERK_PORT=$CLERK_PORT DEV_STORAGE_PORT=$STORAGE_PORT DEV_BDD_PORT=$BDD_PORT \
   DEV_DATA_DIR="$work/devstack" LOG_LEVEL=warn LOG_FORMAT=json RATE_LIMIT_PER_MINUTE=0 \
-  "$BIN" dev >"$work/service.log" 2>&1 &
+  "$BIN" >"$work/service.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 150); do
   curl -fsS -o /dev/null "$base/api/health" 2>/dev/null && break

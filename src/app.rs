@@ -18,11 +18,10 @@ use tower_http::normalize_path::NormalizePathLayer;
 use crate::auth::Verifier;
 use crate::clients::{bdd::BddClient, http_client, storage::StorageClient};
 use crate::config::Config;
-use crate::extract::UploadSlots;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::routes;
-use crate::state::{AppState, Shared};
+use crate::state::{AppState, Shared, UploadSlots};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +121,10 @@ impl App {
         http1
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
-            .max_buf_size(config.max_header_bytes.max(8192))
+            // Room for twice the head limit, so a head over the limit is
+            // still parsed and answered by the edge with a JSON 431; beyond
+            // this, hyper answers 431 itself, with no body.
+            .max_buf_size((2 * config.max_header_bytes).max(8192))
             .keep_alive(true);
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let graceful = GracefulShutdown::new();

@@ -296,14 +296,6 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
         })
     }
-
-    /// Public URL prefix of the bucket: `{SUPABASE_URL}/storage/v1/object/public/{bucket}/`.
-    pub fn public_url_prefix(&self) -> String {
-        format!(
-            "{}/storage/v1/object/public/{}/",
-            self.storage.url, self.storage.bucket
-        )
-    }
 }
 
 /// Collects problems while reading variables.

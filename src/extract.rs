@@ -1,17 +1,69 @@
-//! Extractors whose rejections answer in the contract's error shape.
-
-use std::sync::Arc;
+//! Extractors: what a handler receives, already checked, with rejections in
+//! the contract's error shape.
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::{header, request::Parts, StatusCode};
+use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::domain::{FieldError, ImageId, Location};
+use crate::auth::AuthError;
+use crate::domain::{msg, FieldError, ImageId, Location, UserId};
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::request_id::RequestId;
+use crate::state::{AppState, UploadSlot};
+
+/// The signed-in user: extracting it verifies the bearer token.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub UserId);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(&parts.headers)?;
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate);
+        let user = state.verifier.verify(token, &request_id).await?;
+        tracing::Span::current().record("user_id", user.as_str());
+        Ok(Self(user))
+    }
+}
+
+/// The caller of a protected route, in the two steps every such route takes
+/// before anything else: authenticated ([`AuthUser`]), then admitted by the
+/// per-user rate limit.
+#[derive(Debug, Clone)]
+pub struct Caller(pub UserId);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let AuthUser(user) = AuthUser::from_request_parts(parts, state).await?;
+        if let Some(limiter) = &state.rate_limiter {
+            limiter.check(&user)?;
+        }
+        Ok(Self(user))
+    }
+}
+
+/// The bearer token of a request; any scheme case, at least one character.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(AuthError::Missing)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token)
+}
 
 /// A JSON request body as bytes: `415` without a JSON content type, `413`
 /// over the body limit, `408` when it does not arrive in time.
@@ -27,7 +79,7 @@ impl FromRequest<AppState> for JsonBytes {
         let read = Bytes::from_request(req, state);
         let bytes = tokio::time::timeout(state.config.body_read_timeout, read)
             .await
-            .map_err(|_| ApiError::BodyTimeout)?
+            .map_err(|_| ApiError::BodyTimeout("body not received in time"))?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge
@@ -88,30 +140,12 @@ impl<S: Send + Sync> FromRequestParts<S> for IdParam {
                     Location::Params,
                     "id",
                     Some(Value::String(raw.to_owned())),
-                    crate::domain::msg::ID,
+                    msg::ID,
                 ))))
             }
         }
     }
 }
-
-/// Uploads admitted at once.
-///
-/// Taken before the body is read: a create holds about its body plus its
-/// decoded image, so bounding creates bounds memory, whatever the number of
-/// clients sending 10 MiB images at once.
-#[derive(Clone)]
-pub struct UploadSlots(Arc<Semaphore>);
-
-impl UploadSlots {
-    /// `n` slots.
-    pub fn new(n: usize) -> Self {
-        Self(Arc::new(Semaphore::new(n)))
-    }
-}
-
-/// One admitted create; the slot frees when this is dropped.
-pub struct UploadSlot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 /// A create's JSON body, read once an upload slot is held.
 ///
@@ -129,16 +163,13 @@ impl FromRequest<AppState> for UploadBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let slots = state.upload_slots.0.clone();
-        match tokio::time::timeout(state.config.upload_slot_wait, slots.acquire_owned()).await {
-            Ok(Ok(permit)) => {
+        let wait = state.upload_slots.acquire(state.config.upload_slot_wait);
+        match wait.await {
+            Some(slot) => {
                 let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
-                Ok(Self {
-                    slot: UploadSlot(permit),
-                    bytes,
-                })
+                Ok(Self { slot, bytes })
             }
-            _ => {
+            None => {
                 let drain = discard(req.into_body(), state.config.max_body_bytes);
                 let _ = tokio::time::timeout(state.config.body_read_timeout, drain).await;
                 Err(ApiError::Overloaded)
@@ -176,5 +207,25 @@ mod tests {
         assert!(!ok("text/plain"));
         assert!(!ok("application/x-www-form-urlencoded"));
         assert!(!is_json(None));
+    }
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_token_required() {
+        assert_eq!(bearer_token(&headers("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(&headers("bEaReR  abc ")), Ok("abc"));
+        for bad in ["Bearer", "Bearer ", "Basic abc", "abc", ""] {
+            assert_eq!(
+                bearer_token(&headers(bad)),
+                Err(AuthError::Missing),
+                "{bad}"
+            );
+        }
+        assert_eq!(bearer_token(&HeaderMap::new()), Err(AuthError::Missing));
     }
 }

@@ -1,18 +1,19 @@
 //! The image service: stores AI-generated images for signed-in users.
 //!
-//! A guided tour, one module per owner:
+//! A guided tour, one module per owner, top to bottom (imports run downward):
 
-pub mod app; // App::build (listener, state, router), run, graceful shutdown
-pub mod auth; // AuthUser extractor, token checks, JWKS key store
-pub mod clients; // shared HTTP client, Supabase Storage client, BDD client
+pub mod app; // App::build (listener, state, router), the accept loop, graceful shutdown
+pub mod auth; // token verification only: claims, JWKS key store, verified-token cache
+pub mod clients; // shared HTTP client; storage.rs (+ object paths); bdd.rs (+ owner check)
 pub mod config; // Config from the environment, fail-fast
-pub mod devstack; // local stand-ins for Clerk, Storage and the BDD service
-pub mod domain; // validated newtypes: ids, statuses, pages, decoded images
-pub mod error; // ApiError and its one IntoResponse
-pub mod extract; // Json/Path/Query wrappers with contract-shaped rejections
-pub mod http; // CORS, security headers, request ids, request log line
-pub mod metrics; // Prometheus metrics and GET /metrics
-pub mod ratelimit; // per-user rate limit
-pub mod routes; // handlers only
-pub mod state; // AppState and FromRef
+pub mod domain; // validated values: ids, images, inputs, validation shape
+pub mod error; // ApiError: every status and French message, one IntoResponse
+pub mod extract; // AuthUser, Caller (auth then rate limit), bodies and ids with contract rejections
+pub mod metrics; // Prometheus metrics
+pub mod middleware; // the edge: span, head limit, CORS, security headers, metrics, log line
+pub mod ratelimit; // the per-user rate limit
+pub mod request_id; // the request id: type, header, extractor
+pub mod response; // JSON answers and timestamps
+pub mod routes; // the router and the handlers, nothing else
+pub mod state; // AppState and the shared upload slots
 pub mod telemetry; // tracing subscriber set-up

@@ -1,5 +1,5 @@
-//! Entry point: `image-service` serves from the environment; `image-service dev`
-//! serves on the embedded dev stack.
+//! Entry point: `image-service` serves from the environment; `healthcheck`
+//! probes a running instance; `--version` and `--help` say what it is.
 
 use std::process::ExitCode;
 
@@ -12,21 +12,11 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None => serve().await,
-        Some("dev") => match image_service::devstack::stack::run().await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("image-service dev: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("stand-ins") => match image_service::devstack::stack::run_stand_ins().await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("image-service stand-ins: {e}");
-                ExitCode::FAILURE
-            }
-        },
         Some("healthcheck") => healthcheck().await,
+        Some("-V" | "--version" | "version") => {
+            println!("image-service {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -39,11 +29,12 @@ async fn main() -> ExitCode {
 }
 
 const USAGE: &str = "\
-image-service            serve, configured by the environment (and ./.env)
-image-service dev        serve on the embedded dev stack: local Clerk, Storage and BDD
-image-service stand-ins  only the local Clerk, Storage and BDD (DEV_* ports), for benchmarks
+image-service              serve, configured by the environment (and ./.env)
 image-service healthcheck  exit 0 if the local instance's /api/health answers 200 (PORT)
-image-service --help     this text";
+image-service --version    the version
+image-service --help       this text
+
+To try the service with no Clerk or Supabase account: cargo dev (the dev stack).";
 
 async fn serve() -> ExitCode {
     // Only ./.env, as the contract says; variables already set win over it.
@@ -59,7 +50,7 @@ async fn serve() -> ExitCode {
             for line in dotenv.iter().chain(result.err().iter().flat_map(|e| &e.0)) {
                 eprintln!("{line}");
             }
-            println!("image-service: not started, the configuration has problems (listed on stderr; see env.example). To try the service with no Clerk or Supabase account, run the dev stack: cargo run -- dev");
+            println!("image-service: not started, the configuration has problems (listed on stderr; see env.example). To try the service with no Clerk or Supabase account, run the dev stack: cargo dev");
             return ExitCode::from(2);
         }
     };

@@ -8,9 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::Method;
 use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
@@ -241,14 +239,4 @@ impl Metrics {
             .register_histogram(&Key::from_parts(name, labels), &META)
             .record(latency.as_secs_f64());
     }
-}
-
-/// `GET /metrics`.
-pub async fn scrape(State(metrics): State<Metrics>) -> Response {
-    let mut response = (StatusCode::OK, metrics.render()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
 }

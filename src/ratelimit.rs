@@ -8,7 +8,14 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use crate::domain::UserId;
-use crate::error::ApiError;
+
+/// A request over the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rate limited for {retry_after_secs} s")]
+pub struct OverLimit {
+    /// Whole seconds until a request will be accepted again (at least 1).
+    pub retry_after_secs: u64,
+}
 
 /// A GCRA limiter keyed by user; idle users are forgotten every minute.
 pub struct RateLimiter {
@@ -39,12 +46,12 @@ impl RateLimiter {
         Some(limiter)
     }
 
-    /// Counts one request of `user`; `RateLimited` with the wait when over.
-    pub fn check(&self, user: &UserId) -> Result<(), ApiError> {
+    /// Counts one request of `user`; the wait when over.
+    pub fn check(&self, user: &UserId) -> Result<(), OverLimit> {
         self.inner.check_key(user).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
-            ApiError::RateLimited {
-                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            OverLimit {
+                retry_after_secs: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
             }
         })
     }

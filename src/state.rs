@@ -1,13 +1,15 @@
-//! What every handler can reach, as typed axum `State`.
+//! What every handler can reach, as typed axum `State`, and the shared
+//! limits that are state rather than configuration (upload slots).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::clients::{bdd::BddClient, storage::StorageClient};
 use crate::config::Config;
-use crate::extract::UploadSlots;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 
@@ -51,8 +53,28 @@ pub struct Shared {
     pub tasks: TaskTracker,
 }
 
-impl axum::extract::FromRef<AppState> for Metrics {
-    fn from_ref(state: &AppState) -> Self {
-        state.metrics.clone()
+/// Uploads admitted at once.
+///
+/// Taken before the body is read: a create holds about its body plus its
+/// decoded image, so bounding creates bounds memory, whatever the number of
+/// clients sending 10 MiB images at once.
+#[derive(Clone)]
+pub struct UploadSlots(Arc<Semaphore>);
+
+impl UploadSlots {
+    /// `n` slots.
+    pub fn new(n: usize) -> Self {
+        Self(Arc::new(Semaphore::new(n)))
+    }
+
+    /// A slot, waiting at most `wait` for one to free.
+    pub async fn acquire(&self, wait: Duration) -> Option<UploadSlot> {
+        match tokio::time::timeout(wait, self.0.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Some(UploadSlot(permit)),
+            _ => None,
+        }
     }
 }
+
+/// One admitted create; the slot frees when this is dropped.
+pub struct UploadSlot(#[allow(dead_code)] OwnedSemaphorePermit);

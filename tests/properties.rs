@@ -9,12 +9,13 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use image_service::auth::{precheck, MAX_TOKEN_LEN};
-use image_service::devstack::test_key;
+use image_service::clients::storage::ObjectPath;
 use image_service::domain::{
-    object_path_of, DecodedImage, ImageDataError, ImageKind, ImageStatus, ListQuery, UserId,
+    DecodedImage, ImageDataError, ImageKind, ImageStatus, ListQuery, UserId,
 };
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
+use stand_ins::test_key;
 
 const PNG_SIG: &[u8] = b"\x89PNG\r\n\x1a\n";
 const JPEG_SIG: &[u8] = &[0xFF, 0xD8, 0xFF];
@@ -332,7 +333,7 @@ proptest! {
             rest.push_str(segment);
         }
         let url = format!("{PREFIX}{rest}");
-        if let Some(path) = object_path_of(&url, PREFIX, &user) {
+        if let Some(path) = ObjectPath::from_url(&url, PREFIX, &user).map(|p| p.as_str().to_owned()) {
             let inside = path.strip_prefix(&owner).and_then(|r| r.strip_prefix('/'));
             prop_assert!(inside.is_some(), "{path:?} outside {owner}/ (from {url:?})");
             for segment in inside.unwrap_or_default().split('/') {
@@ -346,7 +347,7 @@ proptest! {
         }
         // The same URL under another prefix is foreign.
         let foreign = format!("https://evil.test/storage/v1/object/public/images/{rest}");
-        prop_assert_eq!(object_path_of(&foreign, PREFIX, &user), None);
+        prop_assert_eq!(ObjectPath::from_url(&foreign, PREFIX, &user).map(|p| p.as_str().to_owned()), None);
     }
 
     #[test]
@@ -359,6 +360,6 @@ proptest! {
         let user = UserId::parse(&owner).expect("valid owner");
         let name = format!("{owner}/{ms}_generated_{}.{ext}", uuid::Uuid::new_v4());
         let url = format!("{PREFIX}{name}{}", query.unwrap_or_default());
-        prop_assert_eq!(object_path_of(&url, PREFIX, &user), Some(name));
+        prop_assert_eq!(ObjectPath::from_url(&url, PREFIX, &user).map(|p| p.as_str().to_owned()), Some(name));
     }
 }

@@ -62,14 +62,13 @@ use base64::Engine;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use image_service::app::App;
+use image_service::clients::storage::ObjectPath;
 use image_service::config::Config;
-use image_service::devstack::{
-    test_key, BddOptions, BddStandIn, ClerkStandIn, StorageOptions, StorageStandIn,
-};
-use image_service::domain::{object_path_of, UserId};
+use image_service::domain::UserId;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::{json, Value};
+use stand_ins::{test_key, BddOptions, BddStandIn, ClerkStandIn, StorageOptions, StorageStandIn};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
@@ -707,7 +706,7 @@ impl Soak {
                 let data = &body["data"];
                 let new_id = data["image_id"].as_str().unwrap_or_default().to_owned();
                 let url = data["image_url"].as_str().unwrap_or_default();
-                let inside = object_path_of(url, &self.public_prefix, me).is_some();
+                let inside = ObjectPath::from_url(url, &self.public_prefix, me).is_some();
                 if new_id.is_empty() || data["user_id"] != json!(me.as_str()) || !inside {
                     tally.violation("bad create answer", format!("{label}: {body}"));
                 }
@@ -784,7 +783,10 @@ async fn chaos_soak() {
         ("LOG_LEVEL".into(), "off".into()),
     ]);
     let config = Config::from_lookup(|name| env.get(name).cloned()).expect("config");
-    let public_prefix = config.public_url_prefix();
+    let public_prefix = format!(
+        "{}/storage/v1/object/public/{}/",
+        config.storage.url, config.storage.bucket
+    );
     // Route budgets: every upstream call of the route at its timeout, the one
     // retry of idempotent BDD calls, and the wait for an upload slot.
     let budget: HashMap<Op, Duration> = HashMap::from([

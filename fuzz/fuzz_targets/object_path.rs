@@ -1,10 +1,11 @@
-//! `object_path_of` (image URL -> Storage object path, used by deletes): any
+//! `ObjectPath::from_url` (image URL -> Storage object path, used by deletes): any
 //! path it accepts lies inside `{owner}/`, has no empty, `.` or `..` segment,
 //! no backslash and no control character, and is the percent-decoded rest of
 //! the URL after the public prefix.
 #![no_main]
 
-use image_service::domain::{object_path_of, UserId};
+use image_service::clients::storage::ObjectPath;
+use image_service::domain::UserId;
 use libfuzzer_sys::fuzz_target;
 
 const PREFIX: &str = "http://127.0.0.1:54321/storage/v1/object/public/images/";
@@ -19,9 +20,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for url in [format!("{PREFIX}{tail}"), tail.to_owned()] {
-        let Some(path) = object_path_of(&url, PREFIX, &owner) else {
+        let Some(path) = ObjectPath::from_url(&url, PREFIX, &owner) else {
             continue;
         };
+        let path = path.as_str();
         let inside = path
             .strip_prefix(owner.as_str())
             .and_then(|rest| rest.strip_prefix('/'));

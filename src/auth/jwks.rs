@@ -14,9 +14,9 @@ use jsonwebtoken::DecodingKey;
 use serde_json::Value;
 
 use super::AuthError;
-use crate::clients::{read_limited, ReadError, Transport};
-use crate::http::{RequestId, X_REQUEST_ID};
+use crate::clients::{read_limited, ReadError, Transport, UpstreamFault};
 use crate::metrics::{Metrics, Outcome, Upstream};
+use crate::request_id::{RequestId, X_REQUEST_ID};
 
 /// Largest key set accepted; Clerk's holds a handful of keys.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -41,7 +41,7 @@ enum Trigger {
 struct FetchState {
     last_unknown_kid_fetch: Option<Instant>,
     /// Error of the last attempt, if it failed.
-    last_error: Option<String>,
+    last_error: Option<(UpstreamFault, String)>,
 }
 
 /// The cached key set and the rules to refresh it.
@@ -144,9 +144,12 @@ impl KeyStore {
         let mut state = self.fetch.lock().await;
         let outcome = |state: &FetchState| match (self.is_loaded(), &state.last_error) {
             (true, _) => Ok(()),
-            (false, error) => Err(AuthError::Unavailable(
-                error.clone().unwrap_or_else(|| "no key set".into()),
-            )),
+            (false, error) => {
+                let (fault, detail) = error
+                    .clone()
+                    .unwrap_or_else(|| (UpstreamFault::BadAnswer, "no key set".into()));
+                Err(AuthError::Unavailable { fault, detail })
+            }
         };
         // Someone completed an attempt while we waited: share its outcome.
         if self.attempts.load(Ordering::Acquire) != seen {
@@ -174,15 +177,16 @@ impl KeyStore {
             fetched.is_ok(),
             trigger == Trigger::Load && self.is_loaded(),
         );
-        match fetched.map_err(|e| e.to_string()) {
+        match fetched.map_err(|e| (e.fault(), e.to_string())) {
             Ok(keys) => {
                 tracing::info!(keys = keys.len(), "JWKS fetched");
                 *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(keys));
                 state.last_error = None;
             }
-            Err(error) => {
+            Err((fault, error)) => {
+                // Logged here, once: a refresh has no request to carry it.
                 tracing::warn!(upstream = "clerk", %error, "JWKS fetch failed; keeping the keys held");
-                state.last_error = Some(error);
+                state.last_error = Some((fault, error));
             }
         }
         self.attempts.fetch_add(1, Ordering::Release);
@@ -234,6 +238,18 @@ enum FetchError {
     Status(u16),
     #[error("{0}")]
     Invalid(String),
+}
+
+impl FetchError {
+    fn fault(&self) -> UpstreamFault {
+        match self {
+            Self::Timeout => UpstreamFault::Timeout,
+            Self::Unavailable(_) => UpstreamFault::Unreachable,
+            Self::Status(status @ 400..=499) => UpstreamFault::Refused(*status),
+            Self::Status(status) => UpstreamFault::Failed(*status),
+            Self::Closed(_) | Self::Invalid(_) => UpstreamFault::BadAnswer,
+        }
+    }
 }
 
 impl From<Transport> for FetchError {

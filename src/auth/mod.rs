@@ -1,21 +1,19 @@
-//! Clerk session tokens: the `AuthUser` extractor and the checks of contract §2.
+//! Clerk session tokens: the checks of contract §2. Token verification only:
+//! no HTTP, no answers; the `AuthUser` extractor turns its errors into answers.
 
 pub mod cache;
 pub mod jwks;
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::{header, request::Parts, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use crate::clients::UpstreamFault;
 use crate::config::ClerkConfig;
 use crate::domain::UserId;
-use crate::error::ApiError;
-use crate::http::RequestId;
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::request_id::RequestId;
 use cache::{CacheKey, TokenCache};
 use jwks::{KeyStore, MAX_KID_LEN};
 
@@ -41,8 +39,13 @@ pub enum AuthError {
     #[error("bad claim: {0}")]
     BadClaim(&'static str),
     /// No keys could be obtained at all.
-    #[error("keys unavailable: {0}")]
-    Unavailable(String),
+    #[error("keys unavailable: {detail}")]
+    Unavailable {
+        /// What went wrong, in a word.
+        fault: UpstreamFault,
+        /// The detail, for the log.
+        detail: String,
+    },
 }
 
 /// Where verification keys come from.
@@ -181,67 +184,4 @@ pub fn precheck(token: &str) -> Result<Option<String>, AuthError> {
         }
     }
     Ok(header.kid)
-}
-
-/// The bearer token of a request; any scheme case, at least one character.
-fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(AuthError::Missing)?;
-    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-        return Err(AuthError::Missing);
-    }
-    Ok(token)
-}
-
-/// The signed-in caller: extracting it authenticates the request (and rate-limits it).
-#[derive(Debug, Clone)]
-pub struct AuthUser(pub UserId);
-
-impl FromRequestParts<AppState> for AuthUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(&parts.headers)?;
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(RequestId::generate);
-        let user = state.verifier.verify(token, &request_id).await?;
-        tracing::Span::current().record("user_id", user.as_str());
-        if let Some(limiter) = &state.rate_limiter {
-            limiter.check(&user)?;
-        }
-        Ok(Self(user))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::HeaderValue;
-
-    fn headers(value: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
-        h
-    }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive_and_token_required() {
-        assert_eq!(bearer_token(&headers("Bearer abc")), Ok("abc"));
-        assert_eq!(bearer_token(&headers("bEaReR  abc ")), Ok("abc"));
-        for bad in ["Bearer", "Bearer ", "Basic abc", "abc", ""] {
-            assert_eq!(
-                bearer_token(&headers(bad)),
-                Err(AuthError::Missing),
-                "{bad}"
-            );
-        }
-        assert_eq!(bearer_token(&HeaderMap::new()), Err(AuthError::Missing));
-    }
 }

@@ -1,20 +1,23 @@
 //! BDD service client: the image records live there (PostgreSQL behind it).
+//!
+//! The owner of a record is read here and nowhere else: every record the BDD
+//! returns passes [`Record::ownership`] before anything of it reaches a
+//! client, failing closed (contract §3).
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use std::borrow::Cow;
-
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use url::form_urlencoded;
 
-use super::{read_limited, ReadError, Transport};
-use crate::domain::{raw_str, ImageId, ImageStatus, ListQuery, UserId};
-use crate::http::{RequestId, X_REQUEST_ID};
+use super::{read_limited, ReadError, Transport, UpstreamFault};
+use crate::domain::{ImageId, ImageStatus, ListQuery, UserId};
 use crate::metrics::{Metrics, Outcome, Upstream};
+use crate::request_id::{RequestId, X_REQUEST_ID};
 
 /// Largest answer read back from the BDD service (a page is at most 100 records).
 const MAX_ANSWER_BYTES: usize = 16 << 20;
@@ -22,14 +25,17 @@ const MAX_ANSWER_BYTES: usize = 16 << 20;
 /// How a BDD call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BddError {
-    /// 4xx with a JSON body: passed through to the client as is.
+    /// 400, 404, 409 or 422 with a JSON body: the client gets the same status.
     #[error("rejected with {status}")]
     Rejected {
         /// The BDD's status.
         status: StatusCode,
-        /// The BDD's JSON body.
-        body: Bytes,
+        /// The BDD's `error`, when it is a string.
+        error: Option<String>,
     },
+    /// Any other 4xx (401, 403, 405, 429…): the BDD refused this service, not the caller.
+    #[error("refused with {0}")]
+    Refused(StatusCode),
     /// 404 without JSON: the route does not exist there.
     #[error("operation not supported (404 without JSON)")]
     Unsupported,
@@ -42,6 +48,24 @@ pub enum BddError {
     /// No answer in time.
     #[error("timed out")]
     Timeout,
+    /// The record is not provably the caller's: answered as if absent.
+    #[error("record not owned by the caller: {0}")]
+    NotOwned(&'static str),
+}
+
+impl BddError {
+    /// The word for `/api/ready`.
+    pub fn fault(&self) -> UpstreamFault {
+        match self {
+            Self::Rejected { status, .. } | Self::Refused(status) => {
+                UpstreamFault::Refused(status.as_u16())
+            }
+            Self::Unsupported => UpstreamFault::Refused(404),
+            Self::Failed(_) | Self::NotOwned(_) => UpstreamFault::BadAnswer,
+            Self::Unavailable(_) => UpstreamFault::Unreachable,
+            Self::Timeout => UpstreamFault::Timeout,
+        }
+    }
 }
 
 impl From<Transport> for BddError {
@@ -54,61 +78,94 @@ impl From<Transport> for BddError {
     }
 }
 
-/// A successful BDD answer, kept as received so it can be passed on untouched.
-///
-/// The service reads only a few fields of it; they are viewed in place
-/// (borrowed `RawValue`s) rather than built into a `serde_json::Value`.
-#[derive(Debug, Clone)]
-pub struct BddAnswer {
-    /// Body as received (valid JSON).
-    pub body: Bytes,
+/// A record's owner, as far as the service can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// Every owner field names the caller.
+    Owned,
+    /// The record is not provably the caller's (why, for the log).
+    NotOwned(&'static str),
 }
 
-#[derive(serde::Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
-
-/// A list page whose records are all objects: read in one pass.
-#[derive(serde::Deserialize)]
-struct Page<'a> {
-    #[serde(borrow, default)]
-    images: Option<Vec<Record<'a>>>,
-}
-
-/// Any list page: each record kept raw, to be viewed one by one.
-#[derive(serde::Deserialize)]
-struct RawPage<'a> {
-    #[serde(borrow, default)]
-    images: Option<Vec<&'a RawValue>>,
-}
-
-/// The fields of a record the service reads, under either naming the BDD uses.
-#[derive(Debug, Default, serde::Deserialize)]
-#[allow(non_snake_case)]
+/// The fields of a record the service reads, under either naming the BDD
+/// uses, viewed in place; owner fields keep every occurrence, so a field
+/// given twice is seen.
+#[derive(Debug, Default)]
 pub struct Record<'a> {
-    #[serde(borrow, default)]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     image_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    createdAt: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    created_at_camel: Option<&'a RawValue>,
     created_at: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    userId: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    user_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    imageUrl: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    image_url_camel: Option<&'a RawValue>,
     image_url: Option<&'a RawValue>,
+    /// Every `userId`, then every `user_id`.
+    owners: Vec<&'a RawValue>,
+    owner_names: [usize; 2],
+    /// The record is a JSON object.
+    object: bool,
 }
 
+impl<'de> serde::Deserialize<'de> for Record<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Record<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a record object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut r = Record {
+                    object: true,
+                    ..Record::default()
+                };
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "id" => &mut r.id,
+                        "image_id" => &mut r.image_id,
+                        "createdAt" => &mut r.created_at_camel,
+                        "created_at" => &mut r.created_at,
+                        "imageUrl" => &mut r.image_url_camel,
+                        "image_url" => &mut r.image_url,
+                        "userId" | "user_id" => {
+                            r.owner_names[usize::from(key == "user_id")] += 1;
+                            r.owners.push(map.next_value()?);
+                            continue;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    // Any other key given twice counts by its last value, as JSON.parse.
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+/// `a` unless absent or null, else `b` unless absent or null.
 fn first<'a>(a: Option<&'a RawValue>, b: Option<&'a RawValue>) -> Option<&'a RawValue> {
     let present = |v: &&RawValue| v.get() != "null";
     a.filter(present).or(b.filter(present))
+}
+
+/// A JSON string's content, borrowed when it has no escapes; `None` if not a string.
+fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
 }
 
 impl<'a> Record<'a> {
@@ -124,50 +181,120 @@ impl<'a> Record<'a> {
 
     /// `createdAt` or `created_at`, as the BDD wrote it.
     pub fn created_at(&self) -> Option<Value> {
-        first(self.createdAt, self.created_at).and_then(|v| serde_json::from_str(v.get()).ok())
-    }
-
-    /// `userId` or `user_id`, when a string.
-    pub fn owner(&self) -> Option<Cow<'a, str>> {
-        first(self.userId, self.user_id).and_then(raw_str)
+        first(self.created_at_camel, self.created_at)
+            .and_then(|v| serde_json::from_str(v.get()).ok())
     }
 
     /// `imageUrl` or `image_url`, when a string.
     pub fn image_url(&self) -> Option<Cow<'a, str>> {
-        first(self.imageUrl, self.image_url).and_then(raw_str)
+        first(self.image_url_camel, self.image_url).and_then(raw_str)
     }
+
+    /// Whether the record is `user`'s: it is an object; its owner is `userId`
+    /// or `user_id`, each a string given once, and every one names `user`.
+    pub fn ownership(&self, user: &UserId) -> Ownership {
+        if !self.object {
+            return Ownership::NotOwned("record is not an object");
+        }
+        if self.owners.is_empty() {
+            return Ownership::NotOwned("owner missing");
+        }
+        if self.owner_names.iter().any(|&n| n > 1) {
+            return Ownership::NotOwned("owner given twice");
+        }
+        for owner in &self.owners {
+            match raw_str(owner) {
+                Some(owner) if user.owns(&owner) => {}
+                Some(_) if self.owners.len() > 1 => {
+                    return Ownership::NotOwned("owner fields disagree or name another user")
+                }
+                Some(_) => return Ownership::NotOwned("another user's record"),
+                None => return Ownership::NotOwned("owner is not a string"),
+            }
+        }
+        Ownership::Owned
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// A list page's `data`: it must hold an `images` array.
+#[derive(serde::Deserialize)]
+struct PageData<'a> {
+    #[serde(borrow)]
+    images: Vec<&'a RawValue>,
+}
+
+/// A successful BDD answer, kept as received so it can be passed on untouched.
+#[derive(Debug, Clone)]
+pub struct BddAnswer {
+    /// Body as received (valid JSON).
+    pub body: Bytes,
 }
 
 impl BddAnswer {
-    /// The JSON under `data`, unless absent or null.
-    pub fn data(&self) -> Option<&RawValue> {
-        serde_json::from_slice::<Envelope<'_>>(&self.body)
-            .ok()
-            .and_then(|e| e.data)
+    /// The JSON under `data`; `Ok(None)` when absent or null; an error when
+    /// the envelope cannot be read (a `data` given twice, say).
+    fn data(&self) -> Result<Option<&RawValue>, BddError> {
+        let envelope: Envelope<'_> = serde_json::from_slice(&self.body)
+            .map_err(|e| BddError::Failed(format!("unreadable answer: {e}")))?;
+        Ok(envelope.data.filter(|d| d.get() != "null"))
     }
 
-    /// The record under `data` (empty when there is none).
-    pub fn record(&self) -> Record<'_> {
-        self.data().map(Record::view).unwrap_or_default()
+    /// The record under `data`, checked to be `user`'s.
+    fn owned_record(&self, user: &UserId) -> Result<Record<'_>, BddError> {
+        let data = self.data()?.filter(|d| d.get().starts_with('{'));
+        let Some(data) = data else {
+            return Err(BddError::Failed("data is not a record object".into()));
+        };
+        let record = Record::view(data);
+        match record.ownership(user) {
+            Ownership::Owned => Ok(record),
+            Ownership::NotOwned(why) => Err(BddError::NotOwned(why)),
+        }
     }
 }
 
-/// The records of a list page's `data` (`data.images`), if it has any.
-///
-/// One pass when every record is a well-formed object (the usual page);
-/// otherwise each record is viewed on its own, so one odd entry cannot hide
-/// the owners of the others.
-pub fn page_records(data: &RawValue) -> Vec<Record<'_>> {
-    if let Ok(page) = serde_json::from_str::<Page<'_>>(data.get()) {
-        return page.images.unwrap_or_default();
+/// A record the caller owns: the BDD's answer, to pass on as it is.
+#[derive(Debug, Clone)]
+pub struct OwnedRecord {
+    answer: BddAnswer,
+}
+
+impl OwnedRecord {
+    /// The answer's body, as received.
+    pub fn body(&self) -> Bytes {
+        self.answer.body.clone()
     }
-    serde_json::from_str::<RawPage<'_>>(data.get())
-        .ok()
-        .and_then(|p| p.images)
-        .unwrap_or_default()
-        .into_iter()
-        .map(Record::view)
-        .collect()
+
+    /// The record's image URL, when it has one.
+    pub fn image_url(&self) -> Option<String> {
+        let data = self.answer.data().ok().flatten()?;
+        Record::view(data).image_url().map(Cow::into_owned)
+    }
+}
+
+/// A record just created: its id and creation time as the BDD wrote them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreatedRecord {
+    /// `id` or `image_id`.
+    pub id: Value,
+    /// `createdAt` or `created_at`, `null` when absent.
+    pub created_at: Value,
+}
+
+/// One page of the caller's records, ready to answer: `data` as the BDD
+/// wrote it, or rebuilt without the records that failed the owner check.
+#[derive(Debug, Clone)]
+pub struct OwnedPage {
+    /// JSON of the page's `data`.
+    pub data: Bytes,
+    /// Records dropped by the owner check.
+    pub dropped: usize,
 }
 
 /// Talks to the BDD service.
@@ -215,21 +342,31 @@ impl BddClient {
         image_url: &str,
         metadata: &Value,
         request_id: &RequestId,
-    ) -> Result<BddAnswer, BddError> {
+    ) -> Result<CreatedRecord, BddError> {
         let body = json!({
             "userId": user.as_str(),
             "prompt": prompt,
             "imageUrl": image_url,
             "metadata": metadata,
         });
-        self.call(
-            reqwest::Method::POST,
-            "/api/images".into(),
-            Some(body),
-            request_id,
-            (Idempotent::No, Expect::Json),
-        )
-        .await
+        let answer = self
+            .call(
+                reqwest::Method::POST,
+                "/api/images".into(),
+                Some(body),
+                request_id,
+                (Idempotent::No, Expect::Json),
+            )
+            .await?;
+        let data = answer.data()?;
+        let record = data.map(Record::view).unwrap_or_default();
+        let id = record
+            .id()
+            .ok_or_else(|| BddError::Failed("created record has no id".into()))?;
+        Ok(CreatedRecord {
+            id,
+            created_at: record.created_at().unwrap_or(Value::Null),
+        })
     }
 
     /// `GET /api/images?userId&page&limit[&status]`: one page of the user's records.
@@ -239,7 +376,7 @@ impl BddClient {
         user: &UserId,
         query: &ListQuery,
         request_id: &RequestId,
-    ) -> Result<BddAnswer, BddError> {
+    ) -> Result<OwnedPage, BddError> {
         let query = {
             let mut q = form_urlencoded::Serializer::new(String::new());
             q.append_pair("userId", user.as_str())
@@ -250,34 +387,38 @@ impl BddClient {
             }
             q.finish()
         };
-        let path = format!("/api/images?{query}");
-        self.call(
-            reqwest::Method::GET,
-            path,
-            None,
-            request_id,
-            (Idempotent::Yes, Expect::Json),
-        )
-        .await
+        let answer = self
+            .call(
+                reqwest::Method::GET,
+                format!("/api/images?{query}"),
+                None,
+                request_id,
+                (Idempotent::Yes, Expect::Json),
+            )
+            .await?;
+        owned_page(&answer, user)
     }
 
-    /// `GET /api/images/{id}?userId&user_id`: one record.
+    /// `GET /api/images/{id}?userId&user_id`: one record, the caller's.
     #[tracing::instrument(level = "debug", skip_all, fields(image_id = id.as_str()))]
     pub async fn get_image(
         &self,
         id: &ImageId,
         user: &UserId,
         request_id: &RequestId,
-    ) -> Result<BddAnswer, BddError> {
+    ) -> Result<OwnedRecord, BddError> {
         let path = format!("/api/images/{}?{}", id.as_str(), owner_query(user));
-        self.call(
-            reqwest::Method::GET,
-            path,
-            None,
-            request_id,
-            (Idempotent::Yes, Expect::Json),
-        )
-        .await
+        let answer = self
+            .call(
+                reqwest::Method::GET,
+                path,
+                None,
+                request_id,
+                (Idempotent::Yes, Expect::Json),
+            )
+            .await?;
+        answer.owned_record(user)?;
+        Ok(OwnedRecord { answer })
     }
 
     /// `DELETE /api/images/{id}?userId&user_id`: removes a record.
@@ -300,7 +441,7 @@ impl BddClient {
         .map(drop)
     }
 
-    /// `PATCH /api/images/{id}/status`: re-labels a record.
+    /// `PATCH /api/images/{id}/status`: re-labels a record; the answer must be the caller's.
     #[tracing::instrument(level = "debug", skip_all, fields(image_id = id.as_str()))]
     pub async fn update_status(
         &self,
@@ -308,21 +449,24 @@ impl BddClient {
         user: &UserId,
         status: ImageStatus,
         request_id: &RequestId,
-    ) -> Result<BddAnswer, BddError> {
+    ) -> Result<OwnedRecord, BddError> {
         let body = json!({
             "status": status.as_str(),
             "user_id": user.as_str(),
             "userId": user.as_str(),
         });
         let path = format!("/api/images/{}/status", id.as_str());
-        self.call(
-            reqwest::Method::PATCH,
-            path,
-            Some(body),
-            request_id,
-            (Idempotent::No, Expect::Json),
-        )
-        .await
+        let answer = self
+            .call(
+                reqwest::Method::PATCH,
+                path,
+                Some(body),
+                request_id,
+                (Idempotent::No, Expect::Json),
+            )
+            .await?;
+        answer.owned_record(user)?;
+        Ok(OwnedRecord { answer })
     }
 
     /// `GET /api/health` (readiness).
@@ -351,8 +495,8 @@ impl BddClient {
             .exchange(&method, &path_and_query, &body, request_id, expect)
             .await;
         if idempotent == Idempotent::Yes {
-            if let Err(Retry(t)) = &result {
-                tracing::info!(upstream = "bdd", error = ?t, "retrying once after a connection failure");
+            if let Err(Attempt::Retry(t)) = &result {
+                tracing::debug!(upstream = "bdd", error = %t, "retrying once after a connection failure");
                 result = self
                     .exchange(&method, &path_and_query, &body, request_id, expect)
                     .await;
@@ -364,18 +508,15 @@ impl BddClient {
         });
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
-            Err(BddError::Rejected { .. } | BddError::Unsupported) => Outcome::Rejected,
-            Err(BddError::Failed(_)) => Outcome::Failed,
+            Err(BddError::Rejected { .. } | BddError::Refused(_) | BddError::Unsupported) => {
+                Outcome::Rejected
+            }
+            Err(BddError::Failed(_) | BddError::NotOwned(_)) => Outcome::Failed,
             Err(BddError::Unavailable(_)) => Outcome::Unavailable,
             Err(BddError::Timeout) => Outcome::Timeout,
         };
-        let latency = started.elapsed();
-        self.metrics.upstream(Upstream::Bdd, outcome, latency);
-        if let Err(e) = &result {
-            if !matches!(e, BddError::Rejected { .. }) {
-                tracing::warn!(upstream = "bdd", %method, error = %e, latency_ms = latency.as_micros() as f64 / 1000.0, "BDD call failed");
-            }
-        }
+        self.metrics
+            .upstream(Upstream::Bdd, outcome, started.elapsed());
         result
     }
 
@@ -416,7 +557,6 @@ enum Attempt {
     Retry(Transport),
     Final(BddError),
 }
-use Attempt::Retry;
 
 impl Transport {
     fn into_attempt(self) -> Attempt {
@@ -436,6 +576,60 @@ fn owner_query(user: &UserId) -> String {
         .finish()
 }
 
+/// The page of a list answer with only the caller's records.
+fn owned_page(answer: &BddAnswer, user: &UserId) -> Result<OwnedPage, BddError> {
+    let Some(data) = answer.data()? else {
+        return Ok(OwnedPage {
+            data: Bytes::from_static(br#"{"images":[],"pagination":{"total":0}}"#),
+            dropped: 0,
+        });
+    };
+    let page: PageData<'_> = serde_json::from_str(data.get())
+        .ok()
+        .filter(|_| data.get().starts_with('{'))
+        .ok_or_else(|| BddError::Failed("data is not an object with an images array".into()))?;
+    let owned: Vec<bool> = page
+        .images
+        .iter()
+        .map(|raw| Record::view(raw).ownership(user) == Ownership::Owned)
+        .collect();
+    let dropped = owned.iter().filter(|o| !**o).count();
+    if dropped == 0 {
+        // `data` borrows from the body: pass it on without a copy.
+        return Ok(OwnedPage {
+            data: answer.body.slice_ref(data.get().as_bytes()),
+            dropped,
+        });
+    }
+    // Rare (a BDD ignoring its owner filter): rebuild `data` without them.
+    let mut rebuilt: serde_json::Map<String, Value> = serde_json::from_str(data.get())
+        .map_err(|e| BddError::Failed(format!("unreadable page: {e}")))?;
+    let kept: Vec<Value> = page
+        .images
+        .iter()
+        .zip(&owned)
+        .filter(|(_, owned)| **owned)
+        .filter_map(|(raw, _)| serde_json::from_str(raw.get()).ok())
+        .collect();
+    rebuilt.insert("images".into(), Value::Array(kept));
+    Ok(OwnedPage {
+        data: Bytes::from(serde_json::to_vec(&rebuilt).unwrap_or_default()),
+        dropped,
+    })
+}
+
+/// Reads the BDD's `error` when it is a string.
+fn error_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        error: Option<Value>,
+    }
+    match serde_json::from_slice::<ErrorBody>(body).ok()?.error? {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
 fn classify(status: StatusCode, body: Bytes, expect: Expect) -> Result<BddAnswer, BddError> {
     if status.is_success() && expect == Expect::Success {
         return Ok(BddAnswer { body });
@@ -447,8 +641,12 @@ fn classify(status: StatusCode, body: Bytes, expect: Expect) -> Result<BddAnswer
         (200..=299, false) => Err(BddError::Failed(format!(
             "HTTP {status} with a body that is not JSON"
         ))),
-        (400..=499, true) => Err(BddError::Rejected { status, body }),
+        (400 | 404 | 409 | 422, true) => Err(BddError::Rejected {
+            status,
+            error: error_of(&body),
+        }),
         (404, false) => Err(BddError::Unsupported),
+        (400..=499, _) => Err(BddError::Refused(status)),
         (_, _) => Err(BddError::Failed(format!("HTTP {}", status.as_u16()))),
     }
 }
@@ -457,21 +655,28 @@ fn classify(status: StatusCode, body: Bytes, expect: Expect) -> Result<BddAnswer
 mod tests {
     use super::*;
 
+    fn answer(body: &'static str) -> BddAnswer {
+        BddAnswer {
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
     #[test]
     fn answers_are_classified_as_the_contract_says() {
         let json = |s: &'static str| Bytes::from_static(s.as_bytes());
         assert!(classify(StatusCode::OK, json(r#"{"success":true}"#), Expect::Json).is_ok());
-        assert!(matches!(
+        assert_eq!(
             classify(
                 StatusCode::NOT_FOUND,
-                json(r#"{"success":false}"#),
+                json(r#"{"success":false,"error":"Image non trouvée","stack":"x"}"#),
                 Expect::Json
-            ),
-            Err(BddError::Rejected {
+            )
+            .unwrap_err(),
+            BddError::Rejected {
                 status: StatusCode::NOT_FOUND,
-                ..
-            })
-        ));
+                error: Some("Image non trouvée".into())
+            }
+        );
         assert_eq!(
             classify(
                 StatusCode::NOT_FOUND,
@@ -480,6 +685,15 @@ mod tests {
             )
             .unwrap_err(),
             BddError::Unsupported
+        );
+        assert_eq!(
+            classify(
+                StatusCode::UNAUTHORIZED,
+                json(r#"{"error":"bad key"}"#),
+                Expect::Json
+            )
+            .unwrap_err(),
+            BddError::Refused(StatusCode::UNAUTHORIZED)
         );
         assert!(matches!(
             classify(
@@ -512,41 +726,108 @@ mod tests {
 
     #[test]
     fn records_are_viewed_under_either_naming() {
-        let answer = BddAnswer {
-            body: Bytes::from_static(
-                br#"{"success":true,"data":{"image_id":7,"created_at":"t","user_id":"u\u0041","image_url":"x","userId":null}}"#,
-            ),
-        };
-        let record = answer.record();
+        let raw: &RawValue = serde_json::from_str(
+            r#"{"image_id":7,"created_at":"t","user_id":"u\u0041","image_url":"x"}"#,
+        )
+        .unwrap();
+        let record = Record::view(raw);
         assert_eq!(record.id(), Some(json!(7)));
         assert_eq!(record.created_at(), Some(json!("t")));
-        assert_eq!(record.owner().as_deref(), Some("uA"));
         assert_eq!(record.image_url().as_deref(), Some("x"));
-        let empty = BddAnswer {
-            body: Bytes::from_static(br#"{"data":null}"#),
-        };
-        assert!(empty.data().is_none());
-        assert!(empty.record().id().is_none());
+        assert_eq!(
+            record.ownership(&UserId::parse("uA").unwrap()),
+            Ownership::Owned
+        );
     }
 
     #[test]
-    fn page_owners_are_read_even_beside_odd_records() {
-        let owners = |page: &str| -> Vec<Option<String>> {
-            let raw: &RawValue = serde_json::from_str(page).unwrap();
-            page_records(raw)
-                .iter()
-                .map(|r| r.owner().map(|o| o.into_owned()))
-                .collect()
+    fn the_owner_check_fails_closed() {
+        let a = UserId::parse("user_a").unwrap();
+        let owned = |text: &str| {
+            let raw: &RawValue = serde_json::from_str(text).unwrap();
+            Record::view(raw).ownership(&a)
         };
+        assert_eq!(owned(r#"{"userId":"user_a"}"#), Ownership::Owned);
         assert_eq!(
-            owners(r#"{"images":[{"userId":"a"},{"user_id":"b","x":[1]}],"pagination":{}}"#),
-            vec![Some("a".into()), Some("b".into())]
+            owned(&format!(r#"{{"user_id":"{}"}}"#, a.owner_uuid())),
+            Ownership::Owned
         );
         assert_eq!(
-            owners(r#"{"images":["odd",{"userId":"a","userId":"dup"},{"userId":"c"}]}"#),
-            vec![None, None, Some("c".into())]
+            owned(&format!(
+                r#"{{"userId":"user_a","user_id":"{}"}}"#,
+                a.owner_uuid()
+            )),
+            Ownership::Owned
         );
-        assert!(owners(r#"{"images":{"not":"a list"}}"#).is_empty());
+        for foreign in [
+            r#"{"id":1}"#,
+            r#"{"userId":null}"#,
+            r#"{"userId":{"id":"user_a"}}"#,
+            r#"{"userId":7}"#,
+            r#"{"userId":"user_a","userId":"user_b"}"#,
+            r#"{"user_id":"user_a","user_id":"user_a"}"#,
+            r#"{"userId":"user_a","user_id":"user_b"}"#,
+            r#"{"userId":"user_b"}"#,
+            r#"["user_a"]"#,
+            r#""user_a""#,
+        ] {
+            assert!(
+                matches!(owned(foreign), Ownership::NotOwned(_)),
+                "{foreign}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_answer_must_hold_an_owned_object() {
+        let a = UserId::parse("user_a").unwrap();
+        assert!(answer(r#"{"data":{"userId":"user_a"}}"#)
+            .owned_record(&a)
+            .is_ok());
+        assert!(matches!(
+            answer(r#"{"data":[{"userId":"user_a"}]}"#).owned_record(&a),
+            Err(BddError::Failed(_))
+        ));
+        assert!(matches!(
+            answer(r#"{"data":{"userId":"user_a"},"data":{"userId":"user_b"}}"#).owned_record(&a),
+            Err(BddError::Failed(_))
+        ));
+        assert!(matches!(
+            answer(r#"{"data":{"userId":"user_b"}}"#).owned_record(&a),
+            Err(BddError::NotOwned(_))
+        ));
+    }
+
+    #[test]
+    fn a_page_keeps_only_the_callers_records() {
+        let a = UserId::parse("user_a").unwrap();
+        let page = owned_page(
+            &answer(
+                r#"{"data":{"images":[{"userId":"user_a","id":1},{"userId":"user_b"},"odd",{"id":3},{"userId":"user_a","userId":"user_b"}],"pagination":{"total":5}}}"#,
+            ),
+            &a,
+        )
+        .unwrap();
+        assert_eq!(page.dropped, 4);
+        let data: Value = serde_json::from_slice(&page.data).unwrap();
+        assert_eq!(data["images"], json!([{"userId":"user_a","id":1}]));
+        assert_eq!(data["pagination"]["total"], json!(5));
+        for bad in [
+            r#"{"data":{"images":{"not":"a list"}}}"#,
+            r#"{"data":[1]}"#,
+            r#"{"data":{"pagination":{}}}"#,
+            r#"{"data":{"images":[],"images":[]}}"#,
+        ] {
+            assert!(
+                matches!(owned_page(&answer(bad), &a), Err(BddError::Failed(_))),
+                "{bad}"
+            );
+        }
+        let empty = owned_page(&answer(r#"{"success":true}"#), &a).unwrap();
+        assert_eq!(
+            &empty.data[..],
+            br#"{"images":[],"pagination":{"total":0}}"#
+        );
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! Clients of the services behind this one, over one pooled HTTP client.
 //!
 //! Each client owns its base URL, its secret and its timeout, classifies
-//! failures into its own error enum, and sends the request id upstream.
+//! failures into its own error enum, counts its calls in the metrics and
+//! sends the request id upstream. Clients never log a failure: the caller
+//! decides whether it is the answer's (logged once, on the request line) or
+//! a background task's.
 
 pub mod bdd;
 pub mod storage;
 
+use std::fmt;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -21,9 +25,37 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
+/// What went wrong with an upstream, in the words `/api/ready` shows
+/// (the detail goes to the log only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFault {
+    /// No connection could be made.
+    Unreachable,
+    /// No answer in time.
+    Timeout,
+    /// A 4xx refusal.
+    Refused(u16),
+    /// A 5xx answer.
+    Failed(u16),
+    /// An answer that could not be used, or a connection closed mid-answer.
+    BadAnswer,
+}
+
+impl fmt::Display for UpstreamFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreachable => f.write_str("unreachable"),
+            Self::Timeout => f.write_str("timeout"),
+            Self::Refused(status) => write!(f, "refused ({status})"),
+            Self::Failed(status) => write!(f, "failed ({status})"),
+            Self::BadAnswer => f.write_str("bad answer"),
+        }
+    }
+}
+
 /// How a call failed below HTTP.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Transport {
+pub enum Transport {
     /// No answer within the timeout.
     Timeout,
     /// Could not connect (refused, DNS failure).
@@ -33,7 +65,8 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    pub(crate) fn classify(e: &reqwest::Error) -> Self {
+    /// Classifies a reqwest error.
+    pub fn classify(e: &reqwest::Error) -> Self {
         if e.is_timeout() {
             Self::Timeout
         } else if e.is_connect() {
@@ -44,8 +77,27 @@ impl Transport {
     }
 
     /// Whether a retry of an idempotent call may help.
-    pub(crate) fn is_retryable(&self) -> bool {
+    pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Connect(_) | Self::Closed(_))
+    }
+
+    /// The word for `/api/ready`.
+    pub fn fault(&self) -> UpstreamFault {
+        match self {
+            Self::Timeout => UpstreamFault::Timeout,
+            Self::Connect(_) => UpstreamFault::Unreachable,
+            Self::Closed(_) => UpstreamFault::BadAnswer,
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("timed out"),
+            Self::Connect(detail) => write!(f, "cannot connect: {detail}"),
+            Self::Closed(detail) => write!(f, "connection closed: {detail}"),
+        }
     }
 }
 
@@ -66,7 +118,7 @@ fn error_chain(e: &reqwest::Error) -> String {
 }
 
 /// Reads a response body, refusing more than `limit` bytes.
-pub(crate) async fn read_limited(
+pub async fn read_limited(
     mut response: reqwest::Response,
     limit: usize,
 ) -> Result<Bytes, ReadError> {
@@ -85,7 +137,9 @@ pub(crate) async fn read_limited(
 
 /// Why a body could not be read.
 #[derive(Debug)]
-pub(crate) enum ReadError {
+pub enum ReadError {
+    /// Over the limit.
     TooLarge,
+    /// The connection failed while reading.
     Transport(reqwest::Error),
 }

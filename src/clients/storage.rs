@@ -1,4 +1,5 @@
-//! Supabase Storage client (contract §5): upload, remove, bucket check.
+//! Supabase Storage client (contract §5): upload, remove, bucket check; and
+//! the object paths of the images, built and read back here only.
 
 use std::time::Duration;
 
@@ -6,45 +7,89 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{read_limited, ReadError, Transport};
+use super::{read_limited, ReadError, Transport, UpstreamFault};
 use crate::config::{Secret, StorageConfig};
-use crate::http::{RequestId, X_REQUEST_ID};
+use crate::domain::{ImageKind, UserId};
 use crate::metrics::{Metrics, Outcome, Upstream};
+use crate::request_id::{RequestId, X_REQUEST_ID};
 
 /// Largest error or listing body read back from Storage.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
-/// Which Storage operation failed, for the client-facing message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageOp {
-    /// Uploading a new object.
-    Upload,
-    /// Removing an object.
-    Removal,
+/// Where an image lives in the bucket: `{sub}/{unix-ms}_generated_{uuid}.{ext}`,
+/// unique to one create attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectPath(String);
+
+impl ObjectPath {
+    /// A fresh name for a new image of `user`.
+    pub fn new_image(user: &UserId, kind: ImageKind) -> Self {
+        Self(format!(
+            "{}/{}_generated_{}.{}",
+            user.as_str(),
+            chrono::Utc::now().timestamp_millis(),
+            uuid::Uuid::new_v4(),
+            kind.extension()
+        ))
+    }
+
+    /// The path of an image URL, if it is one of ours inside `owner`'s folder.
+    ///
+    /// The URL must start with the bucket's public prefix; the rest, once
+    /// percent-decoded, must lie inside `{owner}/` with no `.`/`..`/empty
+    /// segment, no backslash and no control character. Anything else is
+    /// foreign and must not be removed.
+    pub fn from_url(url: &str, public_prefix: &str, owner: &UserId) -> Option<Self> {
+        let rest = url.strip_prefix(public_prefix)?;
+        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        let path = percent_encoding::percent_decode_str(rest)
+            .decode_utf8()
+            .ok()?
+            .into_owned();
+        let mut segments = path.split('/');
+        if segments.next() != Some(owner.as_str()) {
+            return None;
+        }
+        let mut any = false;
+        for segment in segments {
+            let odd = segment.is_empty()
+                || segment == "."
+                || segment == ".."
+                || segment.contains('\\')
+                || segment.chars().any(char::is_control);
+            if odd {
+                return None;
+            }
+            any = true;
+        }
+        any.then_some(Self(path))
+    }
+
+    /// The path inside the bucket.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-impl StorageOp {
-    /// The noun in "Erreur lors de …".
-    pub fn noun(self) -> &'static str {
-        match self {
-            Self::Upload => "l'upload",
-            Self::Removal => "la suppression",
-        }
+impl std::fmt::Display for ObjectPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
 /// How a Storage call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
-    /// Storage refused the call (HTTP 400 with its logical `statusCode`).
+    /// Storage refused the call: its logical `statusCode` is a 4xx.
     #[error("refused ({status_code}): {message}")]
     Refused {
         /// Storage's logical code: "409" duplicate, "404" not found, …
         status_code: String,
-        /// Storage's message.
+        /// Storage's message, which the client may be shown (shortened).
         message: String,
     },
-    /// Storage failed (5xx, garbled answer, connection closed mid-call).
+    /// Storage failed: a 5xx, an answer that is not JSON, or the connection
+    /// closed mid-call. The detail is for the log only.
     #[error("failed: {0}")]
     Failed(String),
     /// Storage could not be reached.
@@ -55,14 +100,26 @@ pub enum StorageError {
     Timeout,
 }
 
+impl StorageError {
+    /// The word for `/api/ready`.
+    pub fn fault(&self) -> UpstreamFault {
+        match self {
+            Self::Refused { status_code, .. } => {
+                UpstreamFault::Refused(status_code.parse().unwrap_or(400))
+            }
+            Self::Failed(_) => UpstreamFault::BadAnswer,
+            Self::Unavailable(_) => UpstreamFault::Unreachable,
+            Self::Timeout => UpstreamFault::Timeout,
+        }
+    }
+}
+
 impl From<Transport> for StorageError {
     fn from(t: Transport) -> Self {
         match t {
             Transport::Timeout => Self::Timeout,
             Transport::Connect(detail) => Self::Unavailable(detail),
-            Transport::Closed(_) => {
-                Self::Failed("connexion interrompue par le service de stockage".into())
-            }
+            Transport::Closed(detail) => Self::Failed(format!("connection closed: {detail}")),
         }
     }
 }
@@ -107,21 +164,21 @@ impl StorageClient {
         }
     }
 
-    /// Public URL prefix of the bucket, ending with `/`.
-    pub fn public_prefix(&self) -> &str {
-        &self.public_prefix
+    /// Public URL of an object.
+    pub fn public_url(&self, path: &ObjectPath) -> String {
+        format!("{}{path}", self.public_prefix)
     }
 
-    /// Public URL of an object.
-    pub fn public_url(&self, path: &str) -> String {
-        format!("{}{path}", self.public_prefix)
+    /// The object an image URL names, if it is one of ours in `owner`'s folder.
+    pub fn object_of_url(&self, url: &str, owner: &UserId) -> Option<ObjectPath> {
+        ObjectPath::from_url(url, &self.public_prefix, owner)
     }
 
     /// Uploads a new object; never overwrites.
     #[tracing::instrument(level = "debug", skip(self, bytes, request_id), fields(size = bytes.len()))]
     pub async fn upload(
         &self,
-        path: &str,
+        path: &ObjectPath,
         bytes: Bytes,
         content_type: &str,
         request_id: &RequestId,
@@ -141,14 +198,18 @@ impl StorageClient {
 
     /// Removes an object; a missing object counts as removed.
     #[tracing::instrument(level = "debug", skip(self, request_id))]
-    pub async fn remove(&self, path: &str, request_id: &RequestId) -> Result<(), StorageError> {
+    pub async fn remove(
+        &self,
+        path: &ObjectPath,
+        request_id: &RequestId,
+    ) -> Result<(), StorageError> {
         let request = self
             .request(
                 reqwest::Method::DELETE,
                 &format!("/object/{}", self.bucket),
                 request_id,
             )
-            .json(&serde_json::json!({ "prefixes": [path] }));
+            .json(&serde_json::json!({ "prefixes": [path.as_str()] }));
         match self.send(request).await {
             // Storage skips missing names (`200 []`), but a `"404"` refusal
             // says the same thing: there is nothing left to remove.
@@ -191,11 +252,8 @@ impl StorageClient {
             Err(StorageError::Unavailable(_)) => Outcome::Unavailable,
             Err(StorageError::Timeout) => Outcome::Timeout,
         };
-        let latency = started.elapsed();
-        self.metrics.upstream(Upstream::Storage, outcome, latency);
-        if let Err(e) = &result {
-            tracing::warn!(upstream = "storage", error = %e, latency_ms = latency.as_micros() as f64 / 1000.0, "storage call failed");
-        }
+        self.metrics
+            .upstream(Upstream::Storage, outcome, started.elapsed());
         result
     }
 
@@ -209,7 +267,10 @@ impl StorageClient {
             Ok(body) => body,
             Err(ReadError::Transport(e)) => return Err(Transport::classify(&e).into()),
             Err(ReadError::TooLarge) => {
-                return Err(StorageError::Failed("réponse trop volumineuse".into()))
+                return Err(StorageError::Failed(format!(
+                    "HTTP {} with an answer over {MAX_ANSWER_BYTES} bytes",
+                    status.as_u16()
+                )))
             }
         };
         if status.is_success() {
@@ -219,26 +280,31 @@ impl StorageClient {
     }
 }
 
+/// Storage's refusals are HTTP 400 with the logical code in `statusCode`;
+/// only a 4xx logical code with a JSON body is a refusal.
 fn classify_failure(status: StatusCode, body: &[u8]) -> StorageError {
-    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) else {
+        return StorageError::Failed(format!(
+            "HTTP {} with a body that is not Storage's JSON",
+            status.as_u16()
+        ));
+    };
+    let logical = match parsed.status_code {
+        Some(serde_json::Value::String(s)) => s,
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => status.as_u16().to_string(),
+    };
     let message = parsed
-        .as_ref()
-        .and_then(|b| b.message.clone().or_else(|| b.error.clone()))
+        .message
+        .or(parsed.error)
         .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
-    if status.is_client_error() {
-        let status_code = parsed
-            .and_then(|b| b.status_code)
-            .map(|c| match c {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            })
-            .unwrap_or_else(|| status.as_u16().to_string());
+    if status.is_client_error() && logical.starts_with('4') && logical.len() == 3 {
         StorageError::Refused {
-            status_code,
+            status_code: logical,
             message,
         }
     } else {
-        StorageError::Failed(message)
+        StorageError::Failed(format!("HTTP {} ({logical}): {message}", status.as_u16()))
     }
 }
 
@@ -262,10 +328,55 @@ mod tests {
     }
 
     #[test]
-    fn server_faults_without_json_name_the_status() {
-        assert_eq!(
+    fn server_faults_and_bodies_that_are_not_json_are_failures() {
+        assert!(matches!(
             classify_failure(StatusCode::BAD_GATEWAY, b"<html>"),
-            StorageError::Failed("HTTP 502".into())
+            StorageError::Failed(_)
+        ));
+        assert!(matches!(
+            classify_failure(StatusCode::BAD_REQUEST, b"<html>"),
+            StorageError::Failed(_)
+        ));
+        assert!(matches!(
+            classify_failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                br#"{"statusCode":"500","error":"internal","message":"db at 10.0.0.3"}"#
+            ),
+            StorageError::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn object_paths_never_leave_the_owner_folder() {
+        let owner = UserId::parse("user_1").unwrap();
+        let prefix = "https://x.supabase.co/storage/v1/object/public/images/";
+        let ok = format!("{prefix}user_1/123_generated_abc.png");
+        assert_eq!(
+            ObjectPath::from_url(&ok, prefix, &owner).map(|p| p.0),
+            Some("user_1/123_generated_abc.png".to_owned())
         );
+        for bad in [
+            format!("{prefix}user_2/a.png"),
+            format!("{prefix}user_1/../user_2/a.png"),
+            format!("{prefix}user_1/%2E%2E/user_2/a.png"),
+            format!("{prefix}user_1%2F..%2Fuser_2/a.png"),
+            format!("{prefix}user_1//a.png"),
+            format!("{prefix}user_1/"),
+            format!("{prefix}user_1"),
+            "https://evil.test/storage/v1/object/public/images/user_1/a.png".to_string(),
+        ] {
+            assert_eq!(ObjectPath::from_url(&bad, prefix, &owner), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn new_names_follow_the_scheme() {
+        let user = UserId::parse("user_1").unwrap();
+        let path = ObjectPath::new_image(&user, ImageKind::Webp);
+        let name = path.as_str().strip_prefix("user_1/").unwrap();
+        let (millis, rest) = name.split_once("_generated_").unwrap();
+        assert!(millis.parse::<u64>().is_ok());
+        assert!(rest.ends_with(".webp"));
+        assert!(uuid::Uuid::parse_str(rest.trim_end_matches(".webp")).is_ok());
     }
 }

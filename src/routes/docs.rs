@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use crate::http::json_response;
+use crate::response::json_response;
 
 /// The OpenAPI 3.1 document of the contract, kept at the repository's top.
 pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");

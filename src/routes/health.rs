@@ -1,19 +1,17 @@
 //! Liveness and readiness.
 
+use std::fmt::Display;
 use std::future::Future;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::http::{json_response, RequestId};
+use crate::clients::UpstreamFault;
+use crate::request_id::RequestId;
+use crate::response::{json_response, now_iso};
 use crate::state::AppState;
-
-/// ISO 8601 UTC with milliseconds, as the old service's `toISOString()`.
-pub fn now_iso() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
 
 /// `GET /api/health`.
 pub async fn service() -> Response {
@@ -32,15 +30,31 @@ pub async fn images() -> Response {
 }
 
 /// `GET /api/ready`: BDD, keys and Storage, concurrently, within the budget.
+///
+/// Each failing check shows a word (`unreachable`, `timeout`, `refused (403)`,
+/// `bad answer`…); what went wrong in detail goes to the log only.
 pub async fn ready(State(state): State<AppState>, request_id: RequestId) -> Response {
     let budget = state.config.ready_timeout;
     let (bdd, auth, storage) = tokio::join!(
-        check(budget, state.bdd.health(&request_id)),
-        check(budget, state.verifier.ready(&request_id)),
-        check(budget, state.storage.check_bucket(&request_id)),
+        check("bdd", budget, state.bdd.health(&request_id), |e| e.fault()),
+        check(
+            "auth",
+            budget,
+            state.verifier.ready(&request_id),
+            |e| match e {
+                crate::auth::AuthError::Unavailable { fault, .. } => *fault,
+                _ => UpstreamFault::BadAnswer,
+            }
+        ),
+        check(
+            "storage",
+            budget,
+            state.storage.check_bucket(&request_id),
+            |e| e.fault()
+        ),
     );
     let all_ok = bdd.is_none() && auth.is_none() && storage.is_none();
-    let show = |r: Option<String>| Value::String(r.unwrap_or_else(|| "ok".into()));
+    let show = |r: Option<UpstreamFault>| r.map_or_else(|| "ok".to_owned(), |f| f.to_string());
     let checks = json!({"bdd": show(bdd), "auth": show(auth), "storage": show(storage)});
     if all_ok {
         json_response(StatusCode::OK, json!({"success": true, "checks": checks}))
@@ -52,14 +66,22 @@ pub async fn ready(State(state): State<AppState>, request_id: RequestId) -> Resp
     }
 }
 
-/// `None` when healthy, else the reason.
-async fn check<E: std::fmt::Display>(
+/// `None` when healthy, else what went wrong (the detail is logged here).
+async fn check<E: Display>(
+    name: &'static str,
     budget: std::time::Duration,
     probe: impl Future<Output = Result<(), E>>,
-) -> Option<String> {
+    fault: impl Fn(&E) -> UpstreamFault,
+) -> Option<UpstreamFault> {
     match tokio::time::timeout(budget, probe).await {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some("timed out".into()),
+        Ok(Err(e)) => {
+            tracing::warn!(check = name, error = %e, "readiness check failed");
+            Some(fault(&e))
+        }
+        Err(_) => {
+            tracing::warn!(check = name, ?budget, "readiness check timed out");
+            Some(UpstreamFault::Timeout)
+        }
     }
 }

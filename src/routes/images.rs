@@ -12,16 +12,13 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use crate::auth::AuthUser;
-use crate::clients::bdd::{page_records, BddAnswer, BddError};
-use crate::clients::storage::{StorageError, StorageOp};
-use crate::domain::{
-    object_path_of, parse_status_body, ImageId, ListQuery, NewImage, NewImageError, UserId,
-};
-use crate::error::ApiError;
-use crate::extract::{ApiJson, IdParam, UploadBody, UploadSlot};
-use crate::http::{json_response, RequestId};
-use crate::state::AppState;
+use crate::clients::storage::{ObjectPath, StorageError};
+use crate::domain::{parse_status_body, ImageId, ListQuery, NewImage, NewImageError, UserId};
+use crate::error::{ApiError, StorageOp};
+use crate::extract::{ApiJson, Caller, IdParam, UploadBody};
+use crate::request_id::RequestId;
+use crate::response::json_response;
+use crate::state::{AppState, UploadSlot};
 
 /// `POST /api/images`: upload to Storage, then record in the BDD.
 ///
@@ -29,7 +26,7 @@ use crate::state::AppState;
 /// upload is done: that bounds the memory of concurrent creates.
 pub async fn create(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    Caller(user): Caller,
     request_id: RequestId,
     UploadBody { slot, bytes: body }: UploadBody,
 ) -> Result<Response, ApiError> {
@@ -54,13 +51,7 @@ async fn create_flow(
     request_id: RequestId,
     slot: UploadSlot,
 ) -> Result<Response, ApiError> {
-    let path = format!(
-        "{}/{}_generated_{}.{}",
-        user.as_str(),
-        chrono::Utc::now().timestamp_millis(),
-        uuid::Uuid::new_v4(),
-        image.image.kind.extension()
-    );
+    let path = ObjectPath::new_image(&user, image.image.kind);
     let size = image.image.bytes.len() as u64;
     state.metrics.uploads_in_flight(1.0);
     let uploaded = state
@@ -83,7 +74,7 @@ async fn create_flow(
             state.tasks.spawn(
                 async move {
                     if let Err(error) = storage.remove(&path, &request_id).await {
-                        tracing::warn!(path, %error, "possible orphan object after a failed upload");
+                        tracing::warn!(%path, %error, "possible orphan object after a failed upload");
                     }
                 }
                 .instrument(tracing::Span::current()),
@@ -96,37 +87,27 @@ async fn create_flow(
     let created = state
         .bdd
         .create_image(&user, &image.prompt, &url, &image.metadata, &request_id)
-        .await
-        .and_then(|answer| {
-            let record = answer.record();
-            let id = record
-                .id()
-                .ok_or_else(|| BddError::Failed("created record has no id".into()))?;
-            Ok((id, record.created_at()))
-        });
-    let (id, created_at) = match created {
-        Ok(found) => found,
+        .await;
+    let record = match created {
+        Ok(record) => record,
         Err(e) => {
             // The record does not exist: the object must not outlive it.
             if let Err(remove) = state.storage.remove(&path, &request_id).await {
-                tracing::error!(path, error = %remove, "orphan object left in Storage after a failed create");
+                tracing::error!(%path, error = %remove, "orphan object left in Storage after a failed create");
             }
             return Err(e.into());
         }
     };
     state.metrics.bytes_stored(size);
-    match &id {
-        Value::String(id) => tracing::info!(image_id = id.as_str(), path, "image stored"),
-        other => tracing::info!(image_id = %other, path, "image stored"),
-    }
+    tracing::info!(image_id = %record.id, %path, "image stored");
     Ok(json_response(
         StatusCode::CREATED,
         json!({"success": true, "data": {
-            "image_id": id,
+            "image_id": record.id,
             "user_id": user.as_str(),
             "prompt": image.prompt,
             "image_url": url,
-            "created_at": created_at.unwrap_or(Value::Null),
+            "created_at": record.created_at,
             "status": "generated",
             "metadata": image.metadata,
         }}),
@@ -136,64 +117,41 @@ async fn create_flow(
 /// `GET /api/images`: one page of the caller's images.
 pub async fn list(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    Caller(user): Caller,
     request_id: RequestId,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = ListQuery::parse(query.as_deref()).map_err(ApiError::Validation)?;
-    let answer = state.bdd.list_images(&user, &query, &request_id).await?;
-    let Some(data) = answer.data() else {
-        return Ok(json_response(
-            StatusCode::OK,
-            json!({"success": true, "data": {"images": [], "pagination": {"total": 0}}}),
-        ));
-    };
-    // Defence in depth: a BDD that ignored the owner filter must not leak
-    // records. The usual page has none to drop and is passed on as it came.
-    let foreign = page_records(data)
-        .iter()
-        .filter(|record| record.owner().is_some_and(|o| !user.owns(&o)))
-        .count();
-    if foreign == 0 {
-        let mut body = Vec::with_capacity(data.get().len() + 32);
-        body.extend_from_slice(br#"{"success":true,"data":"#);
-        body.extend_from_slice(data.get().as_bytes());
-        body.push(b'}');
-        return Ok(json_response(StatusCode::OK, Bytes::from(body)));
-    }
-    tracing::error!(dropped = foreign, "BDD listed records of other users");
-    let mut data: Value = serde_json::from_str(data.get())
-        .map_err(|e| ApiError::Internal(format!("BDD page: {e}")))?;
-    if let Some(images) = data.get_mut("images").and_then(Value::as_array_mut) {
-        images.retain(
-            |record| match record.get("userId").or_else(|| record.get("user_id")) {
-                Some(Value::String(owner)) => user.owns(owner),
-                _ => true,
-            },
+    let page = state.bdd.list_images(&user, &query, &request_id).await?;
+    if page.dropped > 0 {
+        tracing::error!(
+            dropped = page.dropped,
+            "BDD listed records that are not provably the caller's: dropped"
         );
     }
-    Ok(json_response(
-        StatusCode::OK,
-        json!({"success": true, "data": data}),
-    ))
+    let mut body = Vec::with_capacity(page.data.len() + 24);
+    body.extend_from_slice(br#"{"success":true,"data":"#);
+    body.extend_from_slice(&page.data);
+    body.push(b'}');
+    Ok(json_response(StatusCode::OK, Bytes::from(body)))
 }
 
 /// `GET /api/images/:id`: the BDD's answer as it is, if the caller owns it.
 pub async fn get_one(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    Caller(user): Caller,
     request_id: RequestId,
     IdParam(id): IdParam,
 ) -> Result<Response, ApiError> {
     let id = id.map_err(|e| ApiError::Validation(vec![e]))?;
-    let answer = fetch_owned(&state, &id, &user, &request_id).await?;
-    Ok(json_response(StatusCode::OK, answer.body))
+    let record = state.bdd.get_image(&id, &user, &request_id).await?;
+    Ok(json_response(StatusCode::OK, record.body()))
 }
 
 /// `DELETE /api/images/:id`: remove the object, then the record.
 pub async fn delete(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    Caller(user): Caller,
     request_id: RequestId,
     IdParam(id): IdParam,
 ) -> Result<Response, ApiError> {
@@ -207,20 +165,20 @@ async fn delete_flow(
     user: UserId,
     request_id: RequestId,
 ) -> Result<Response, ApiError> {
-    let answer = fetch_owned(&state, &id, &user, &request_id).await?;
-    match answer.record().image_url() {
-        Some(url) => match object_path_of(&url, state.storage.public_prefix(), &user) {
+    let record = state.bdd.get_image(&id, &user, &request_id).await?;
+    match record.image_url() {
+        Some(url) => match state.storage.object_of_url(&url, &user) {
             Some(path) => state
                 .storage
                 .remove(&path, &request_id)
                 .await
                 .map_err(|e| ApiError::Storage(StorageOp::Removal, e))?,
             None => tracing::warn!(
-                url = url.as_ref(),
+                url,
                 "image URL is not one of ours: nothing removed from Storage"
             ),
         },
-        _ => tracing::warn!("record has no image URL: nothing removed from Storage"),
+        None => tracing::warn!("record has no image URL: nothing removed from Storage"),
     }
     state.bdd.delete_image(&id, &user, &request_id).await?;
     Ok(json_response(
@@ -230,9 +188,12 @@ async fn delete_flow(
 }
 
 /// `PATCH /api/images/:id/status`: the BDD's answer as it is.
+///
+/// The contract names one upstream call, the PATCH, which carries the owner
+/// for the BDD to enforce; its answer passes the owner check before it is shown.
 pub async fn update_status(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    Caller(user): Caller,
     request_id: RequestId,
     IdParam(id): IdParam,
     ApiJson(body): ApiJson<Value>,
@@ -246,38 +207,11 @@ pub async fn update_status(
             ))
         }
     };
-    // The contract names one upstream call, the PATCH, which carries the
-    // owner for the BDD to enforce. Defence in depth without another call:
-    // an answer holding someone else's record is never shown.
-    let answer = state
+    let record = state
         .bdd
         .update_status(&id, &user, status, &request_id)
         .await?;
-    ensure_owned(&answer, &id, &user)?;
-    Ok(json_response(StatusCode::OK, answer.body))
-}
-
-/// Reads a record, answering `404` when it belongs to someone else.
-async fn fetch_owned(
-    state: &AppState,
-    id: &ImageId,
-    user: &UserId,
-    request_id: &RequestId,
-) -> Result<BddAnswer, ApiError> {
-    let answer = state.bdd.get_image(id, user, request_id).await?;
-    ensure_owned(&answer, id, user)?;
-    Ok(answer)
-}
-
-/// `404` when the record in a BDD answer carries another owner.
-fn ensure_owned(answer: &BddAnswer, id: &ImageId, user: &UserId) -> Result<(), ApiError> {
-    match answer.record().owner() {
-        Some(owner) if !user.owns(&owner) => {
-            tracing::error!(image_id = id.as_str(), "BDD returned another user's record");
-            Err(ApiError::ImageNotFound)
-        }
-        _ => Ok(()),
-    }
+    Ok(json_response(StatusCode::OK, record.body()))
 }
 
 /// Runs a multi-step operation as a tracked task that finishes even if the client leaves.

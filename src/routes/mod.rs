@@ -3,6 +3,7 @@
 pub mod docs;
 pub mod health;
 pub mod images;
+pub mod ops;
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
@@ -11,7 +12,7 @@ use axum::{middleware, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::http::{self, AllowedOrigins, Edge};
+use crate::middleware::{edge, AllowedOrigins, Edge};
 use crate::state::AppState;
 
 /// Largest `PATCH /api/images/:id/status` body.
@@ -19,18 +20,18 @@ const STATUS_BODY_LIMIT: usize = 64 * 1024;
 
 /// Builds the application router with its state and layers.
 pub fn router(state: AppState) -> Router {
-    let origins = AllowedOrigins::new(&state.config.frontend_origins);
     let body_limit = state.config.max_body_bytes;
-    let edge = Edge {
+    let edge_state = Edge {
         metrics: state.metrics.clone(),
-        origins,
+        origins: AllowedOrigins::new(&state.config.frontend_origins),
+        max_head_bytes: state.config.max_header_bytes,
     };
     Router::new()
         .route("/api/health", get(health::service))
         .route("/api/ready", get(health::ready))
         .route("/api/openapi.json", get(docs::openapi))
         .route("/api/docs", get(docs::page))
-        .route("/metrics", get(crate::metrics::scrape))
+        .route("/metrics", get(ops::metrics))
         .route("/api/images/health", get(health::images))
         .route("/api/images", get(images::list).post(images::create))
         .route(
@@ -44,6 +45,7 @@ pub fn router(state: AppState) -> Router {
             patch(images::update_status)
                 .layer(DefaultBodyLimit::max(STATUS_BODY_LIMIT.min(body_limit))),
         )
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::RouteNotFound })
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -53,5 +55,5 @@ pub fn router(state: AppState) -> Router {
                 ApiError::Internal("handler panicked".into()).into_response()
             },
         ))
-        .layer(middleware::from_fn_with_state(edge, http::edge))
+        .layer(middleware::from_fn_with_state(edge_state, edge))
 }

@@ -6,12 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use image_service::devstack::{standard_claims, test_key, ClerkStandIn, SigningKey};
 use jsonwebtoken::{Algorithm, Header};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use reqwest::Method;
 use serde_json::{json, Value};
+use stand_ins::{standard_claims, test_key, ClerkStandIn, SigningKey};
 use tokio::task::JoinSet;
 
 use crate::helpers::*;

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use image_service::devstack::{standard_claims, test_key, ClerkStandIn, Fault, FaultRule};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
+use stand_ins::{standard_claims, test_key, ClerkStandIn, Fault, FaultRule};
 
 use crate::helpers::*;
 

@@ -1,18 +1,16 @@
 //! Behaviour shared by every route: common errors, the validation table,
 //! health and readiness, CORS, security headers, request ids, graceful
-//! shutdown, and the dev stack end to end (contract §3 and §6).
+//! shutdown (contract §3 and §6).
 
 use crate::helpers::*;
 
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use image_service::app::App;
-use image_service::devstack::stack::{DevStack, DevStackOptions};
-use image_service::devstack::{Fault, FaultRule};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::Method;
 use serde_json::{json, Value};
+use stand_ins::{Fault, FaultRule};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const USER: &str = "user_behaviour";
@@ -29,9 +27,6 @@ const IMAGE_REQUIRED: &str = "Les données d'image sont requises";
 const IMAGE_NOT_BASE64: &str = "Les données d'image doivent être en base64";
 const IMAGE_FORMAT: &str = "Format d'image non supporté (PNG, JPEG ou WebP)";
 const METADATA_MSG: &str = "Les métadonnées doivent être un objet";
-
-/// A 1x1 PNG.
-const TINY_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
 
 const SECURITY_HEADERS: [(&str, &str); 9] = [
     ("x-content-type-options", "nosniff"),
@@ -169,17 +164,6 @@ async fn ready_once_keys_loaded(app: &TestApp) -> (u16, Value) {
 
 fn gif_base64() -> String {
     base64::engine::general_purpose::STANDARD.encode(b"GIF89a\x01\x00\x01\x00\x80\x00\x00")
-}
-
-fn unique_dir(tag: &str) -> std::path::PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    std::env::temp_dir().join(format!(
-        "image-service-{tag}-{}-{nanos}",
-        std::process::id()
-    ))
 }
 
 // ------------------------------------------------- errors common to all routes
@@ -1315,183 +1299,3 @@ async fn a_request_in_flight_completes_when_the_service_stops_and_new_connection
 }
 
 // -------------------------------------------------------------- dev stack
-
-struct Running {
-    base: String,
-    shutdown: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-async fn serve_stack(stack: &DevStack) -> Running {
-    let config = stack
-        .config(|name| (name == "PORT").then(|| "0".to_string()))
-        .expect("dev stack config");
-    let app = App::build(config).await.expect("app builds");
-    let base = format!("http://{}", app.local_addr());
-    let (shutdown, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async {
-        let _ = rx.await;
-    }));
-    Running {
-        base,
-        shutdown,
-        server,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.shutdown.send(());
-        self.server.await.expect("server task").expect("server ran");
-    }
-}
-
-#[tokio::test]
-async fn the_dev_stack_serves_every_route_and_keeps_data_across_restarts() {
-    // Arrange
-    let data_dir = unique_dir("devstack");
-    let options = DevStackOptions {
-        data_dir: data_dir.clone(),
-        clerk_port: 0,
-        storage_port: 0,
-        bdd_port: 0,
-    };
-    let stack = DevStack::start(&options).await.expect("dev stack starts");
-    let running = serve_stack(&stack).await;
-    let token = stack.token_for("user_demo", Duration::from_secs(3600));
-    let client = reqwest::Client::new();
-    let base = running.base.clone();
-
-    // Act + Assert: create.
-    let created = client
-        .post(format!("{base}/api/images"))
-        .bearer_auth(&token)
-        .json(&json!({"prompt": "a red fox", "imageData": TINY_PNG, "metadata": {"model": "demo"}}))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(created.status(), 201);
-    let created = json_body(created).await;
-    let id = created["data"]["image_id"]
-        .as_str()
-        .expect("an id")
-        .to_owned();
-    let url = created["data"]["image_url"]
-        .as_str()
-        .expect("a url")
-        .to_owned();
-    let object_path = url
-        .split_once("/storage/v1/object/public/images/")
-        .map(|(_, p)| p.to_owned())
-        .expect("a public URL of the images bucket");
-    assert!(object_path.starts_with("user_demo/"), "{object_path}");
-    let object_file = data_dir.join("storage").join("images").join(&object_path);
-    assert!(object_file.is_file(), "{} missing", object_file.display());
-    let bdd_file = std::fs::read_to_string(data_dir.join("bdd.json")).expect("bdd.json");
-    assert!(bdd_file.contains(&id), "record {id} not in bdd.json");
-
-    // List.
-    let listed = client
-        .get(format!("{base}/api/images"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(listed.status(), 200);
-    let listed = json_body(listed).await;
-    let ids: Vec<&str> = listed["data"]["images"]
-        .as_array()
-        .expect("images")
-        .iter()
-        .filter_map(|r| r["id"].as_str())
-        .collect();
-    assert_eq!(ids, vec![id.as_str()]);
-
-    // Get.
-    let got = client
-        .get(format!("{base}/api/images/{id}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(got.status(), 200);
-    let got = json_body(got).await;
-    assert_eq!(got["data"]["id"], json!(id));
-    assert_eq!(got["data"]["imageUrl"], json!(url));
-
-    // Patch.
-    let patched = client
-        .patch(format!("{base}/api/images/{id}/status"))
-        .bearer_auth(&token)
-        .json(&json!({"status": "printed"}))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(patched.status(), 200);
-    let after_patch = client
-        .get(format!("{base}/api/images/{id}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(
-        json_body(after_patch).await["data"]["status"],
-        json!("printed")
-    );
-
-    // Delete.
-    let deleted = client
-        .delete(format!("{base}/api/images/{id}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(deleted.status(), 200);
-    assert_eq!(
-        json_body(deleted).await,
-        json!({"success": true, "message": "Image supprimée avec succès"})
-    );
-    assert!(!object_file.exists(), "object file left after delete");
-
-    // A record that must survive the restart.
-    let kept = client
-        .post(format!("{base}/api/images"))
-        .bearer_auth(&token)
-        .json(&json!({"prompt": "kept", "imageData": TINY_PNG}))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(kept.status(), 201);
-    let kept_id = json_body(kept).await["data"]["image_id"]
-        .as_str()
-        .expect("an id")
-        .to_owned();
-
-    // Restart on the same folder.
-    running.stop().await;
-    drop(stack);
-    let stack = DevStack::start(&options).await.expect("dev stack restarts");
-    let running = serve_stack(&stack).await;
-    let token = stack.token_for("user_demo", Duration::from_secs(3600));
-    let listed = client
-        .get(format!("{}/api/images", running.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("sent");
-
-    // Assert
-    assert_eq!(listed.status(), 200);
-    let listed = json_body(listed).await;
-    let ids: Vec<&str> = listed["data"]["images"]
-        .as_array()
-        .expect("images")
-        .iter()
-        .filter_map(|r| r["id"].as_str())
-        .collect();
-    assert_eq!(ids, vec![kept_id.as_str()]);
-
-    running.stop().await;
-    drop(stack);
-    let _ = std::fs::remove_dir_all(&data_dir);
-}

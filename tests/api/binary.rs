@@ -3,8 +3,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use image_service::devstack::{Fault, FaultRule};
 use reqwest::Method;
+use stand_ins::{Fault, FaultRule};
 
 use crate::helpers::*;
 
@@ -89,7 +89,7 @@ fn a_bad_environment_stops_the_process_with_one_line_per_variable() {
     assert!(!stderr.contains("super-secret-key"));
     assert_eq!(stderr.lines().count(), 4, "one line per problem: {stderr}");
     assert!(
-        String::from_utf8_lossy(&output.stdout).contains("cargo run -- dev"),
+        String::from_utf8_lossy(&output.stdout).contains("cargo dev"),
         "points at the dev stack"
     );
 }
@@ -218,21 +218,19 @@ async fn json_logs_tie_every_line_of_a_request_to_its_request_and_user_ids() {
         .iter()
         .filter(|l| request_span(l)["request_id"] == "req-log-1")
         .collect();
-    assert!(of_request.len() >= 2, "{stdout}");
+    assert!(!of_request.is_empty(), "{stdout}");
     for line in &of_request {
         assert_eq!(request_span(line)["user_id"], "user_log", "{line}");
     }
+    // The upstream failure is logged once: on the request line, naming the upstream.
     let upstream: Vec<_> = of_request
         .iter()
         .filter(|l| l["upstream"] == "bdd")
         .collect();
     assert_eq!(upstream.len(), 1, "{stdout}");
-    assert!(upstream[0]["latency_ms"].is_number());
     assert!(upstream[0]["error"].as_str().unwrap().contains("500"));
-    let summary = of_request
-        .iter()
-        .find(|l| l["message"] == "request served" || l["message"] == "request failed")
-        .expect("the request line");
+    let summary = upstream[0];
+    assert_eq!(summary["message"], "request failed");
     assert_eq!(summary["status"], 502);
     assert_eq!(request_span(summary)["method"], "POST");
     assert_eq!(request_span(summary)["path"], "/api/images");

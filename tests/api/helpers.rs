@@ -9,12 +9,12 @@ use std::time::Duration;
 use base64::Engine;
 use image_service::app::App;
 use image_service::config::Config;
-use image_service::devstack::{
+use reqwest::Method;
+use serde_json::{json, Value};
+use stand_ins::{
     standard_claims, test_key, BddOptions, BddStandIn, ClerkStandIn, RecordedRequest,
     StorageOptions, StorageStandIn,
 };
-use reqwest::Method;
-use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 /// The service key the Storage stand-in accepts.

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use image_service::devstack::{Fault, FaultRule};
+use stand_ins::{Fault, FaultRule};
 
 use crate::helpers::*;
 
@@ -268,7 +268,7 @@ async fn a_user_can_neither_read_delete_nor_patch_another_users_image() {
 
 #[tokio::test]
 async fn ownership_holds_even_when_the_bdd_ignores_the_owner_filter() {
-    let mut bdd = image_service::devstack::BddOptions::new();
+    let mut bdd = stand_ins::BddOptions::new();
     bdd.ignore_owner_filter = true;
     let app = spawn_app_with(TestOptions::default().bdd(bdd)).await;
     // Reads, deletes and lists are guarded here; a PATCH is guarded by the
@@ -279,18 +279,15 @@ async fn ownership_holds_even_when_the_bdd_ignores_the_owner_filter() {
 
 #[tokio::test]
 async fn the_real_bdd_shape_works_for_create_list_get_and_delete() {
-    let mut bdd = image_service::devstack::BddOptions::new();
-    bdd.mode = image_service::devstack::BddMode::LikeReal;
+    let mut bdd = stand_ins::BddOptions::new();
+    bdd.mode = stand_ins::BddMode::LikeReal;
     let app = spawn_app_with(TestOptions::default().bdd(bdd)).await;
     let token = app.token("user_real");
 
     let created = app.create_image(&token, "real").await;
     let id = created["image_id"].as_str().unwrap().to_owned();
     let record = &app.bdd.records()[0];
-    assert_eq!(
-        record["userId"],
-        image_service::devstack::owner_uuid("user_real")
-    );
+    assert_eq!(record["userId"], stand_ins::owner_uuid("user_real"));
 
     let list = json_body(app.get("/api/images", &token).await).await;
     assert_eq!(list["data"]["images"].as_array().unwrap().len(), 1);

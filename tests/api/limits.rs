@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use image_service::devstack::{Fault, FaultRule};
 use reqwest::Method;
 use serde_json::json;
+use stand_ins::{Fault, FaultRule};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

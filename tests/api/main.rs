@@ -12,5 +12,4 @@ mod images;
 mod limits;
 mod metrics;
 mod openapi;
-mod smoke;
 mod upstream;

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use image_service::devstack::{Fault, FaultRule};
 use reqwest::Method;
 use serde_json::json;
+use stand_ins::{Fault, FaultRule};
 
 use crate::helpers::*;
 

@@ -12,9 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use image_service::devstack::{BddMode, Fault, FaultRule};
 use reqwest::Method;
 use serde_json::{json, Value};
+use stand_ins::{BddMode, Fault, FaultRule};
 
 use crate::helpers::*;
 

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use image_service::devstack::{BddMode, BddOptions, Fault, FaultRule, RecordedRequest};
+use stand_ins::{BddMode, BddOptions, Fault, FaultRule, RecordedRequest};
 
 use crate::helpers::*;
 

@@ -16,7 +16,6 @@
 pub mod bdd;
 pub mod clerk;
 pub mod server;
-pub mod stack;
 pub mod storage;
 
 pub use bdd::{owner_uuid, BddMode, BddOptions, BddStandIn};

@@ -1,86 +1,19 @@
-//! HTTP behaviour shared by every route (contract §6): JSON bodies, CORS,
-//! security headers, request ids and the one log line per request, in one
-//! `edge` layer.
+//! The edge: what every answer gets (contract §6), in one layer: the request
+//! id and span, the head size limit, CORS, security headers, metrics and the
+//! one log line per request.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use serde_json::Value;
 use tracing::Instrument;
 
 use crate::error::{ApiError, ErrorDetail};
 use crate::metrics::Metrics;
-
-/// `X-Request-Id`.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-const JSON_UTF8: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
-
-/// A JSON body: built here, or received from the BDD service and passed on untouched.
-pub enum JsonBody {
-    /// A value to serialise.
-    Value(Value),
-    /// Bytes that already are JSON.
-    Raw(Bytes),
-}
-
-impl From<Value> for JsonBody {
-    fn from(v: Value) -> Self {
-        Self::Value(v)
-    }
-}
-
-impl From<Bytes> for JsonBody {
-    fn from(b: Bytes) -> Self {
-        Self::Raw(b)
-    }
-}
-
-/// A response with a JSON body and `application/json; charset=utf-8`.
-pub fn json_response(status: StatusCode, body: impl Into<JsonBody>) -> Response {
-    let bytes = match body.into() {
-        JsonBody::Raw(bytes) => bytes,
-        // Serialising a `Value` cannot fail: its map keys are strings.
-        JsonBody::Value(value) => Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
-    };
-    let mut response = Response::new(Body::from(bytes));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, JSON_UTF8);
-    response
-}
-
-/// The request id of the request being served, for upstream calls.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub Arc<str>);
-
-impl RequestId {
-    /// A caller's id is kept when it is 1 to 128 visible ASCII characters
-    /// (no spaces): any tracing id fits, and it stays one token in logs and headers.
-    fn from_header(value: &HeaderValue) -> Option<Self> {
-        let s = value.to_str().ok()?;
-        let kept = (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
-        kept.then(|| Self(s.into()))
-    }
-
-    /// A random (v4) UUID from the thread's RNG: no system call per request.
-    pub fn generate() -> Self {
-        let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-        Self(uuid.hyphenated().to_string().into())
-    }
-
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+use crate::request_id::{RequestId, X_REQUEST_ID};
 
 /// What the edge layer needs: metrics to count in, origins to allow.
 #[derive(Clone)]
@@ -89,11 +22,13 @@ pub struct Edge {
     pub metrics: Metrics,
     /// CORS origins.
     pub origins: AllowedOrigins,
+    /// Largest request head answered (`431` beyond).
+    pub max_head_bytes: usize,
 }
 
 /// Everything every answer gets, in one layer (one boxed future per request
-/// rather than four): the request id and span, CORS, the JSON shape of the
-/// router's 405, the security headers, the metrics and the one log line.
+/// rather than four): the request id and span, the head size limit, CORS,
+/// the security headers, the metrics and the one log line.
 ///
 /// The span carries the request id and, once authenticated, the user id, so
 /// every line logged while serving the request carries them too.
@@ -126,8 +61,11 @@ pub async fn edge(State(edge): State<Edge>, mut req: Request, next: Next) -> Res
     let mut response = if preflight {
         preflight_response(origin.as_ref(), req.headers())
     } else {
-        let response = next.run(req).instrument(span.clone()).await;
-        let mut response = json_405(response);
+        let mut response = if head_len(&req) > edge.max_head_bytes {
+            ApiError::HeadTooLarge.into_response()
+        } else {
+            next.run(req).instrument(span.clone()).await
+        };
         cors_headers(response.headers_mut(), origin);
         response
     };
@@ -153,33 +91,25 @@ pub async fn edge(State(edge): State<Edge>, mut req: Request, next: Next) -> Res
         status,
         latency,
     );
-    let error = response
-        .extensions()
-        .get::<ErrorDetail>()
-        .map(|d| d.0.as_str());
+    let detail = response.extensions().get::<ErrorDetail>();
+    let error = detail.map(|d| d.text.as_str());
+    let upstream = detail.and_then(|d| d.upstream);
     span.in_scope(|| {
-        if status >= 500 {
-            tracing::warn!(status, latency_ms, error, "request failed");
+        if detail.is_some_and(|d| d.alarm) {
+            tracing::error!(
+                status,
+                latency_ms,
+                error,
+                upstream,
+                "request refused: upstream answered another user's data"
+            );
+        } else if status >= 500 {
+            tracing::warn!(status, latency_ms, error, upstream, "request failed");
         } else {
-            tracing::info!(status, latency_ms, error, "request served");
+            tracing::info!(status, latency_ms, error, upstream, "request served");
         }
     });
     response
-}
-
-/// The router answers 405 with an empty body: give it the contract's JSON shape.
-fn json_405(response: Response) -> Response {
-    if response.status() != StatusCode::METHOD_NOT_ALLOWED
-        || response.headers().contains_key(header::CONTENT_TYPE)
-    {
-        return response;
-    }
-    let (parts, _) = response.into_parts();
-    let mut json = ApiError::MethodNotAllowed.into_response();
-    if let Some(allow) = parts.headers.get(header::ALLOW) {
-        json.headers_mut().insert(header::ALLOW, allow.clone());
-    }
-    json
 }
 
 /// The old service's helmet set, adapted to a JSON API. Built once: parsing
@@ -277,22 +207,18 @@ fn cors_headers(headers: &mut HeaderMap, origin: Option<HeaderValue>) {
         );
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("x-request-id, retry-after"),
+            HeaderValue::from_static("x-request-id, retry-after, www-authenticate"),
         );
     }
 }
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(RequestId::generate))
-    }
+/// Bytes of the request head as sent: request line and header lines.
+fn head_len(req: &Request) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
 }

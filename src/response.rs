@@ -1,0 +1,50 @@
+//! JSON answers: every body the service writes is built here.
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::Value;
+
+const JSON_UTF8: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+
+/// A JSON body: built here, or bytes that already are JSON (an upstream's
+/// answer passed on untouched, a remembered answer replayed).
+pub enum JsonBody {
+    /// A value to serialise.
+    Value(Value),
+    /// Bytes that already are JSON.
+    Raw(Bytes),
+}
+
+impl From<Value> for JsonBody {
+    fn from(v: Value) -> Self {
+        Self::Value(v)
+    }
+}
+
+impl From<Bytes> for JsonBody {
+    fn from(b: Bytes) -> Self {
+        Self::Raw(b)
+    }
+}
+
+/// A response with a JSON body and `application/json; charset=utf-8`.
+pub fn json_response(status: StatusCode, body: impl Into<JsonBody>) -> Response {
+    let bytes = match body.into() {
+        JsonBody::Raw(bytes) => bytes,
+        // Serialising a `Value` cannot fail: its map keys are strings.
+        JsonBody::Value(value) => Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
+    };
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, JSON_UTF8);
+    response
+}
+
+/// ISO 8601 UTC with milliseconds, as the old service's `toISOString()`.
+pub fn now_iso() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
