@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
@@ -18,6 +17,7 @@ use tower_http::normalize_path::NormalizePathLayer;
 use crate::auth::Verifier;
 use crate::clients::{bdd::BddClient, http_client, storage::StorageClient};
 use crate::config::Config;
+use crate::connections::{Connections, Registered, Tracked};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::routes;
@@ -78,7 +78,10 @@ impl App {
             metrics,
             verifier: Arc::new(verifier),
             rate_limiter: RateLimiter::new(config.rate_limit_per_minute),
-            upload_slots: UploadSlots::new(config.max_uploads_in_flight),
+            upload_slots: UploadSlots::new(
+                config.max_uploads_in_flight,
+                config.max_uploads_per_user,
+            ),
             tasks: TaskTracker::new(),
             config: Arc::new(config),
         });
@@ -106,8 +109,9 @@ impl App {
     /// tasks in flight finish, for at most the configured grace period.
     ///
     /// The accept loop is ours rather than `axum::serve` so that hostile
-    /// clients meet limits: a connection cap, a header read timeout
-    /// (slowloris) and a header size cap.
+    /// clients meet limits (contract §9): the connection table with its idle
+    /// eviction, a deadline for each request head (idle keep-alives
+    /// included), and a head size cap.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -116,7 +120,6 @@ impl App {
         let grace = config.shutdown_grace;
         // Express ignores a trailing slash; so do we, before routing.
         let service = NormalizePathLayer::trim_trailing_slash().layer(self.router);
-        let service = TowerToHyperService::new(service);
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
@@ -126,18 +129,16 @@ impl App {
             // this, hyper answers 431 itself, with no body.
             .max_buf_size((2 * config.max_header_bytes).max(8192))
             .keep_alive(true);
-        let connections = Arc::new(Semaphore::new(config.max_connections));
-        let graceful = GracefulShutdown::new();
+        let connections = Connections::new(config.max_connections);
+        let draining = CancellationToken::new();
+        let connection_tasks = TaskTracker::new();
         let mut shutdown = std::pin::pin!(shutdown);
 
         loop {
-            let permit = tokio::select! {
-                permit = connections.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
+            tokio::select! {
+                () = connections.room() => {}
                 () = &mut shutdown => break,
-            };
+            }
             let stream = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
@@ -151,22 +152,21 @@ impl App {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let connection = http1.serve_connection(TokioIo::new(stream), service.clone());
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                drop(permit);
-            });
+            let registered = connections.open();
+            let service =
+                TowerToHyperService::new(Tracked::new(service.clone(), &connections, &registered));
+            let connection = http1.serve_connection(TokioIo::new(stream), service);
+            connection_tasks.spawn(serve(connection, registered, draining.clone()));
         }
 
         drop(self.listener);
         tracing::info!("shutting down: no new connections, draining requests in flight");
+        draining.cancel();
+        connection_tasks.close();
         let tasks = self.state.tasks.clone();
         tasks.close();
         let drained = async {
-            graceful.shutdown().await;
+            connection_tasks.wait().await;
             tasks.wait().await;
         };
         if tokio::time::timeout(grace, drained).await.is_err() {
@@ -177,6 +177,60 @@ impl App {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Serves one connection until it ends, is evicted, or the service drains.
+///
+/// Closing asks hyper to finish the request in flight and then close; a
+/// connection evicted before it ever sent a request is dropped at once
+/// (hyper would otherwise wait for its first request head).
+async fn serve<C>(connection: C, registered: Registered, draining: CancellationToken)
+where
+    C: GracefulConnection,
+{
+    let mut connection = std::pin::pin!(connection);
+    let entry = registered.connection().clone();
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            () = entry.evicted(), if !closing => {
+                if !entry.has_served() {
+                    break;
+                }
+                connection.as_mut().close_gracefully();
+                closing = true;
+            }
+            () = draining.cancelled(), if !closing => {
+                connection.as_mut().close_gracefully();
+                closing = true;
+            }
+        }
+    }
+    drop(registered);
+}
+
+/// A hyper connection that can be asked to finish its request and close.
+trait GracefulConnection: Future<Output = hyper::Result<()>> + Send {
+    fn close_gracefully(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> GracefulConnection for hyper::server::conn::http1::Connection<I, S>
+where
+    Self: Future<Output = hyper::Result<()>> + Send,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn close_gracefully(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 

@@ -103,12 +103,18 @@ pub struct Config {
     pub max_connections: usize,
     /// Creates reading or uploading at once; beyond, `503` + `Retry-After`.
     pub max_uploads_in_flight: usize,
+    /// Upload slots one user may hold at once; beyond, `429`.
+    pub max_uploads_per_user: usize,
     /// How long a create waits for an upload slot before answering `503`.
     pub upload_slot_wait: Duration,
-    /// Time allowed to send the request headers (slowloris).
+    /// Time allowed to send a complete request head, idle keep-alive included.
     pub header_read_timeout: Duration,
-    /// Time allowed to send a request body.
+    /// Time allowed to send a whole request body.
     pub body_read_timeout: Duration,
+    /// Slowest average body rate accepted once `body_grace` has passed.
+    pub min_body_rate: u64,
+    /// Time a body may take before its average rate is checked.
+    pub body_grace: Duration,
     /// Largest request head (request line and headers); hyper checks it when
     /// its read buffer fills, so a head a little larger may still pass.
     pub max_header_bytes: usize,
@@ -229,6 +235,8 @@ impl Config {
         let upload_timeout = r.positive("UPLOAD_TIMEOUT_MS", "30000");
         let max_connections = r.positive("MAX_CONNECTIONS", "1024");
         let max_uploads_in_flight = r.positive("MAX_UPLOADS_IN_FLIGHT", "8");
+        let max_uploads_per_user = r.positive("MAX_UPLOADS_PER_USER", "2");
+        let min_body_rate = r.positive("MIN_BODY_RATE_BYTES_PER_SEC", "65536");
         let rate_limit_per_minute = r.parsed(
             "RATE_LIMIT_PER_MINUTE",
             "0",
@@ -288,9 +296,12 @@ impl Config {
             log_format: log_format.ok_or_else(missing)?,
             max_connections: max_connections.ok_or_else(missing)? as usize,
             max_uploads_in_flight: max_uploads_in_flight.ok_or_else(missing)? as usize,
+            max_uploads_per_user: max_uploads_per_user.ok_or_else(missing)? as usize,
             upload_slot_wait: Duration::from_secs(1),
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(30),
+            min_body_rate: min_body_rate.ok_or_else(missing)?,
+            body_grace: Duration::from_secs(5),
             max_header_bytes: 32 * 1024,
             ready_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),

@@ -86,6 +86,9 @@ pub enum ApiError {
     /// Every upload slot is taken: back-pressure instead of unbounded memory.
     #[error("upload slots exhausted")]
     Overloaded,
+    /// The user already holds their share of the upload slots.
+    #[error("user holds their share of upload slots")]
+    TooManyUploads,
     /// No route for this path.
     #[error("route not found")]
     RouteNotFound,
@@ -147,6 +150,7 @@ impl ApiError {
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyUploads => StatusCode::TOO_MANY_REQUESTS,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -181,6 +185,7 @@ impl ApiError {
             Self::HeadTooLarge => "En-têtes de requête trop volumineux",
             Self::BodyTimeout(_) => "Délai de réception de la requête dépassé",
             Self::Overloaded => "Service surchargé, réessayez dans un instant",
+            Self::TooManyUploads => "Trop de téléversements simultanés",
             Self::RouteNotFound => "Route non trouvée",
             Self::MethodNotAllowed => "Méthode non autorisée",
             Self::RateLimited { .. } => "Trop de requêtes, réessayez plus tard",
@@ -246,7 +251,7 @@ impl IntoResponse for ApiError {
             Self::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
-            Self::Overloaded => {
+            Self::Overloaded | Self::TooManyUploads => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::HeadTooLarge => {

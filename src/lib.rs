@@ -6,6 +6,7 @@ pub mod app; // App::build (listener, state, router), the accept loop, graceful 
 pub mod auth; // token verification only: claims, JWKS key store, verified-token cache
 pub mod clients; // shared HTTP client; storage.rs (+ object paths); bdd.rs (+ owner check)
 pub mod config; // Config from the environment, fail-fast
+pub mod connections; // the connection table: caps, idle eviction
 pub mod domain; // validated values: ids, images, inputs, validation shape
 pub mod error; // ApiError: every status and French message, one IntoResponse
 pub mod extract; // AuthUser, Caller (auth then rate limit), bodies and ids with contract rejections

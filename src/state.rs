@@ -1,7 +1,8 @@
 //! What every handler can reach, as typed axum `State`, and the shared
 //! limits that are state rather than configuration (upload slots).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -10,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Verifier;
 use crate::clients::{bdd::BddClient, storage::StorageClient};
 use crate::config::Config;
+use crate::domain::UserId;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 
@@ -53,28 +55,88 @@ pub struct Shared {
     pub tasks: TaskTracker,
 }
 
-/// Uploads admitted at once.
+/// Upload slots: how many creates read or upload at once, in total and per user.
 ///
 /// Taken before the body is read: a create holds about its body plus its
 /// decoded image, so bounding creates bounds memory, whatever the number of
-/// clients sending 10 MiB images at once.
+/// clients sending 10 MiB images at once; the per-user share keeps one user
+/// from holding every slot.
 #[derive(Clone)]
-pub struct UploadSlots(Arc<Semaphore>);
+pub struct UploadSlots {
+    total: Arc<Semaphore>,
+    per_user: usize,
+    held: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+/// Why no upload slot was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefusal {
+    /// The user already holds their share.
+    UserShare,
+    /// Every slot stayed taken for the whole wait.
+    Busy,
+}
 
 impl UploadSlots {
-    /// `n` slots.
-    pub fn new(n: usize) -> Self {
-        Self(Arc::new(Semaphore::new(n)))
+    /// `total` slots, at most `per_user` of them held by one user.
+    pub fn new(total: usize, per_user: usize) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(total)),
+            per_user,
+            held: Arc::default(),
+        }
     }
 
-    /// A slot, waiting at most `wait` for one to free.
-    pub async fn acquire(&self, wait: Duration) -> Option<UploadSlot> {
-        match tokio::time::timeout(wait, self.0.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Some(UploadSlot(permit)),
-            _ => None,
+    /// A slot for `user`: refused at once beyond their share, or after
+    /// `wait` when every slot stays taken.
+    pub async fn acquire(&self, user: &UserId, wait: Duration) -> Result<UploadSlot, SlotRefusal> {
+        {
+            let mut held = lock(&self.held);
+            let mine = held.entry(user.clone()).or_default();
+            if *mine >= self.per_user {
+                return Err(SlotRefusal::UserShare);
+            }
+            *mine += 1;
+        }
+        // From here the share is counted: the guard gives it back on any exit.
+        let share = UserShare {
+            held: self.held.clone(),
+            user: user.clone(),
+        };
+        match tokio::time::timeout(wait, self.total.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(UploadSlot {
+                _permit: permit,
+                _share: share,
+            }),
+            _ => Err(SlotRefusal::Busy),
         }
     }
 }
 
-/// One admitted create; the slot frees when this is dropped.
-pub struct UploadSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One user's count of held slots, given back when dropped.
+struct UserShare {
+    held: Arc<Mutex<HashMap<UserId, usize>>>,
+    user: UserId,
+}
+
+impl Drop for UserShare {
+    fn drop(&mut self) {
+        let mut held = lock(&self.held);
+        if let Some(mine) = held.get_mut(&self.user) {
+            *mine -= 1;
+            if *mine == 0 {
+                held.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// One admitted create; the slot and the user's share free when this is dropped.
+pub struct UploadSlot {
+    _permit: OwnedSemaphorePermit,
+    _share: UserShare,
+}

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
@@ -28,8 +28,9 @@ pub async fn create(
     State(state): State<AppState>,
     Caller(user): Caller,
     request_id: RequestId,
-    UploadBody { slot, bytes: body }: UploadBody,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let UploadBody { slot, bytes: body } = UploadBody::admit(&state, &user, request).await?;
     let image = NewImage::from_json(&body, state.config.max_image_bytes).map_err(|e| match e {
         NewImageError::InvalidJson(detail) => ApiError::InvalidJson(detail),
         NewImageError::Invalid(details) => ApiError::Validation(details),

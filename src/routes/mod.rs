@@ -5,7 +5,6 @@ pub mod health;
 pub mod images;
 pub mod ops;
 
-use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
 use axum::routing::{get, patch};
 use axum::{middleware, Router};
@@ -15,12 +14,8 @@ use crate::error::ApiError;
 use crate::middleware::{edge, AllowedOrigins, Edge};
 use crate::state::AppState;
 
-/// Largest `PATCH /api/images/:id/status` body.
-const STATUS_BODY_LIMIT: usize = 64 * 1024;
-
 /// Builds the application router with its state and layers.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.config.max_body_bytes;
     let edge_state = Edge {
         metrics: state.metrics.clone(),
         origins: AllowedOrigins::new(&state.config.frontend_origins),
@@ -38,17 +33,10 @@ pub fn router(state: AppState) -> Router {
             "/api/images/{id}",
             get(images::get_one).delete(images::delete),
         )
-        // A status change is a few bytes: no reason to buffer 50 MB for it,
-        // and never more than MAX_BODY_BYTES.
-        .route(
-            "/api/images/{id}/status",
-            patch(images::update_status)
-                .layer(DefaultBodyLimit::max(STATUS_BODY_LIMIT.min(body_limit))),
-        )
+        .route("/api/images/{id}/status", patch(images::update_status))
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::RouteNotFound })
         .with_state(state)
-        .layer(DefaultBodyLimit::max(body_limit))
         // A bug must still answer the contract's 500, never drop the connection.
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {

@@ -93,33 +93,83 @@ async fn a_body_sent_too_slowly_answers_408_and_reaches_no_upstream() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_cap_wait_until_one_frees() {
-    // Arrange: two idle connections take both places.
-    let app = spawn_app_with(TestOptions::default().tweak(|c| c.max_connections = 2)).await;
-    let first = TcpStream::connect(host_port(&app)).await.unwrap();
-    let _second = TcpStream::connect(host_port(&app)).await.unwrap();
+async fn connections_beyond_the_cap_wait_while_every_one_is_busy() {
+    // Arrange: ten places, each connection with a list the BDD answers
+    // slowly, opened one at a time so each is busy before the next comes.
+    let app = spawn_app_with(TestOptions::default().tweak(|c| c.max_connections = 10)).await;
+    app.bdd
+        .inject(FaultRule::new(Fault::Delay(Duration::from_millis(1500))).times(10));
+    let token = app.token("user_busy");
+    let mut busy = Vec::new();
+    for i in 1..=10 {
+        let request = app.authed(Method::GET, "/api/images", &token);
+        busy.push(tokio::spawn(async move {
+            request.send().await.map(|r| r.status().as_u16())
+        }));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while app.bdd_calls().len() < i && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    // Act
+    let started = Instant::now();
+    let health = reqwest::get(format!("{}/api/health", app.address))
+        .await
+        .unwrap();
+
+    // Assert: served only once a busy connection freed its place.
+    assert_eq!(health.status(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "served beyond the cap after {:?}",
+        started.elapsed()
+    );
+    for answer in busy {
+        assert_eq!(answer.await.unwrap().unwrap(), 200);
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_first_when_the_table_is_full() {
+    // Arrange: ten places; nine sockets that send nothing fill 90 % of them.
+    let app = spawn_app_with(TestOptions::default().tweak(|c| c.max_connections = 10)).await;
+    let mut idle = Vec::new();
+    for _ in 0..9 {
+        idle.push(TcpStream::connect(host_port(&app)).await.unwrap());
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Act
-    let waiting = tokio::spawn({
-        let url = format!("{}/api/health", app.address);
-        async move { reqwest::get(url).await.map(|r| r.status().as_u16()) }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let served_while_full = waiting.is_finished();
-    drop(first);
-    let status = tokio::time::timeout(Duration::from_secs(3), waiting)
+    let started = Instant::now();
+    let health = reqwest::get(format!("{}/api/health", app.address))
         .await
-        .expect("served once a place frees")
-        .unwrap()
         .unwrap();
+    let waited = started.elapsed();
 
-    // Assert
-    assert!(
-        !served_while_full,
-        "a third connection was served beyond the cap"
+    // Assert: served at once, and the longest-idle socket was closed for it.
+    assert_eq!(health.status(), 200);
+    assert!(waited < Duration::from_millis(200), "{waited:?}");
+    let first = read_until_closed(&mut idle[0], Duration::from_secs(1)).await;
+    assert_eq!(
+        first.as_deref(),
+        Some(""),
+        "the oldest idle socket is closed"
     );
-    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_5_s() {
+    let app = spawn_app().await;
+    let mut stream = TcpStream::connect(host_port(&app)).await.unwrap();
+    let started = Instant::now();
+    let outcome = read_until_closed(&mut stream, Duration::from_secs(8)).await;
+    assert!(outcome.is_some(), "still open after 8 s");
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(4500) && after < Duration::from_millis(6500),
+        "{after:?}"
+    );
 }
 
 #[tokio::test]
@@ -132,15 +182,17 @@ async fn creates_beyond_the_upload_slots_get_a_clean_503_with_retry_after() {
     .await;
     app.storage
         .inject(FaultRule::new(Fault::Delay(Duration::from_millis(600))).method(Method::POST));
-    let token = app.token("user_busy");
+    let tokens: Vec<String> = (0..3)
+        .map(|i| app.token(&format!("user_busy{i}")))
+        .collect();
     // Big enough that a refused client is still sending when it is refused.
     let body = json!({"prompt": "p", "imageData": png_base64(3 << 20)});
 
-    // Act
+    // Act: three users, one slot.
     let (a, b, c) = tokio::join!(
-        app.post_image(&token, &body),
-        app.post_image(&token, &body),
-        app.post_image(&token, &body),
+        app.post_image(&tokens[0], &body),
+        app.post_image(&tokens[1], &body),
+        app.post_image(&tokens[2], &body),
     );
     let answers = vec![a, b, c];
 

@@ -361,8 +361,13 @@ fn base64_of(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn twenty_concurrent_creates_never_collide_on_an_object_name() {
-    // Arrange
-    let app = spawn_app().await;
+    // Arrange: one user may hold all twenty upload slots here.
+    let app = spawn_app_with(
+        TestOptions::default()
+            .env("MAX_UPLOADS_IN_FLIGHT", "20")
+            .env("MAX_UPLOADS_PER_USER", "20"),
+    )
+    .await;
     let token = app.token(SUB);
     let body = json!({"prompt": "a cat", "imageData": png_base64(64)});
     let mut set = JoinSet::new();

@@ -91,6 +91,14 @@ pub enum Fault {
     /// Close the TCP connection without sending any response byte (requests
     /// sharing that connection, e.g. other HTTP/2 streams, fail with it).
     Drop,
+    /// Answer this status with this JSON body, whatever was asked: a
+    /// misbehaving upstream (a foreign record, a malformed page).
+    Answer {
+        /// HTTP status.
+        status: u16,
+        /// The body, sent as `application/json`.
+        body: String,
+    },
 }
 
 /// When to apply a [`Fault`]: by default to every request, forever.
@@ -355,6 +363,15 @@ async fn record_and_fault(State(shared): State<Arc<Shared>>, req: Request, next:
             return (shared.status_body)(status);
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Fault::Answer { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            return (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response();
+        }
         Some(Fault::Drop) => match parts.extensions.get::<KillSwitch>() {
             Some(kill) => {
                 kill.0.notify_one();
