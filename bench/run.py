@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of the image service (issue 3), Python 3.11 stdlib only.
+"""Benchmark of the image service, Python 3.11 stdlib only.
 
 Starts the local Clerk/Storage/BDD stand-ins (`devstack stand-ins`) and
 the service, pinned to separate CPUs, seeds 50 images, then drives each
@@ -44,7 +44,8 @@ SEED_IMAGES = 50
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
-# The issue's targets (medians) and the Node service's numbers.
+# The service's performance targets (medians) and the Node service's
+# numbers, measured with the same scenarios.
 TARGETS = {
     "health": {"cpu_us": 10, "p99_ms": 2, "peak_rss_mib": 12},
     "list": {"cpu_us": 40, "p99_ms": 5, "peak_rss_mib": 16},
@@ -712,7 +713,7 @@ def main(argv) -> int:
                          f"{args.load_cpu}; {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; "
                          f"commit {(git_info()['commit'] or '?')[:10]}"),
             "chart_notes": [
-                "Targets (dashed red) from issue 3; orange diamonds: the Node service measured with the same scenarios.",
+                "Targets (dashed red): this service's performance targets; orange diamonds: the Node service measured with the same scenarios.",
                 "Floor bars: the proxied request sent straight to the stand-in it ends at (list/get: BDD, "
                 "create: the 1 MiB Storage upload); in the CPU panel, the stand-ins' CPU µs per request.",
                 f"(e): {args.big_connections} connections, {args.big_image_bytes:,}-byte images; target: peak RSS only, "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The image service benchmark (issue 3). See bench/README.md.
+# The image service benchmark. See bench/README.md.
 #   bench/run.sh                         full run: release build, 3 rounds x 10 s
 #   bench/run.sh --quick --binary target/debug/image-service    CI proof (< 1 min; devstack beside it)
 # Every other argument goes to bench/run.py (--help lists them).

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# API fuzzing from outside (issue 4, item 3): schemathesis, from PyPI, runs
+# API fuzzing from outside: schemathesis, from PyPI, runs
 # against the dev stack, driven by the service's own /api/openapi.json.
 #
-#   cargo build && scripts/schemathesis.sh
+#   cargo build --workspace && scripts/schemathesis.sh
 #
 # Starts the dev stack (`$BIN`, the devstack binary) on free loopback ports with a throw-away data folder, mints
 # a token from the local Clerk, and runs every schemathesis phase (examples,

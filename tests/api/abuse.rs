@@ -1,4 +1,4 @@
-//! JWT and JWKS abuse (issue item 5), beyond the single cases of `auth.rs`:
+//! JWT and JWKS abuse, beyond the single cases of `auth.rs`:
 //! huge and oversized key sets, hostile key-set bodies, floods of random
 //! `kid`s, `kid`s full of path / SQL / unicode / control characters, and
 //! floods of `jku` / `x5u` / `jwk` headers pointing at a server that must
