@@ -1,5 +1,8 @@
 //! The image service: stores AI-generated images for signed-in users.
 //!
+//! Its wire contract is `docs/CONTRACT.md`; comments cite its sections as
+//! "contract §N".
+//!
 //! A guided tour, one module per owner, top to bottom (imports run downward):
 
 pub mod app; // App::build (listener, state, router), the accept loop, graceful shutdown

@@ -1,4 +1,4 @@
-//! A local Supabase Storage that answers like the real server (CONTRACT §5):
+//! A local Supabase Storage that answers like the real server (contract §5):
 //! refusals are HTTP 400 with the logical code as a string in `statusCode`,
 //! removal of missing names is a silent `200 []`, public files need no key.
 //!
