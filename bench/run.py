@@ -722,7 +722,8 @@ def main(argv) -> int:
             "mode": mode,
             "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "git": git_info(),
-            "binary": str(binary),
+            # Relative to the repository when inside it: results are committed.
+            "binary": str(binary.relative_to(REPO)) if binary.is_relative_to(REPO) else str(binary),
             "machine": machine(),
             "params": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
                        "settle_s": args.settle, "big_connections": args.big_connections,
