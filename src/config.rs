@@ -51,8 +51,10 @@ pub struct ClerkConfig {
     pub jwt_key_pem: Option<String>,
     /// Allowed `azp` values; `None` accepts any.
     pub authorized_parties: Option<Vec<String>>,
-    /// Leeway for `exp` and `nbf`.
+    /// Leeway for `exp`, `nbf` and `iat`.
     pub clock_skew: Duration,
+    /// Accept session tokens whose `sts` is `pending`.
+    pub allow_pending_sessions: bool,
     /// How often the key set is refreshed in the background (under 10 min).
     pub refresh_interval: Duration,
     /// Least time between two refetches caused by unknown `kid`s.
@@ -183,6 +185,7 @@ impl Config {
         });
         let clock_skew: Option<u64> =
             r.parsed("CLERK_CLOCK_SKEW_SECS", "5", "a whole number of seconds");
+        let allow_pending_sessions = r.boolean("CLERK_ALLOW_PENDING_SESSIONS");
 
         let storage_url = r.required("SUPABASE_URL").map(trim_slash);
         if let Some(url) = &storage_url {
@@ -277,6 +280,7 @@ impl Config {
                 jwt_key_pem,
                 authorized_parties,
                 clock_skew: Duration::from_secs(clock_skew.ok_or_else(missing)?),
+                allow_pending_sessions: allow_pending_sessions.ok_or_else(missing)?,
                 refresh_interval: Duration::from_secs(5 * 60),
                 unknown_kid_cooldown: Duration::from_secs(30),
             },
@@ -361,6 +365,22 @@ impl Reader<'_> {
             ));
         }
         resolved.map(|a| a.ip())
+    }
+
+    /// `true` or `false` (any case), `false` when unset.
+    fn boolean(&mut self, name: &str) -> Option<bool> {
+        match self
+            .optional(name)
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("false") => Some(false),
+            Some("true") => Some(true),
+            Some(other) => {
+                self.problem(format!("{name}: expected true or false, got {other:?}"));
+                None
+            }
+        }
     }
 
     fn positive(&mut self, name: &str, default: &str) -> Option<u64> {

@@ -134,7 +134,7 @@ impl Connections {
                     && !c.evicting.load(Ordering::Acquire)
             })
             .collect();
-        idle.sort_by_key(|c| c.idle_since.load(Ordering::Relaxed));
+        idle.sort_by_key(|c| (c.idle_since.load(Ordering::Relaxed), c.id));
         for connection in idle.into_iter().take(count) {
             connection.evicting.store(true, Ordering::Release);
             connection.evicted.notify_one();

@@ -2,12 +2,13 @@
 //! no HTTP, no answers; the `AuthUser` extractor turns its errors into answers.
 
 pub mod cache;
+pub mod claims;
 pub mod jwks;
 
 use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use crate::clients::UpstreamFault;
 use crate::config::ClerkConfig;
@@ -15,6 +16,7 @@ use crate::domain::UserId;
 use crate::metrics::Metrics;
 use crate::request_id::RequestId;
 use cache::{CacheKey, TokenCache};
+use claims::{ClaimError, ClaimRules};
 use jwks::{KeyStore, MAX_KID_LEN};
 
 /// Longest token accepted (compact JWS).
@@ -32,12 +34,12 @@ pub enum AuthError {
     /// The `kid` is not in the key set, even after a refetch.
     #[error("unknown signing key")]
     UnknownKey,
-    /// Signature or registered claims rejected.
+    /// The signature does not verify.
     #[error("rejected token: {0}")]
     Rejected(String),
-    /// A claim of ours rejected (`sub`, `azp`).
-    #[error("bad claim: {0}")]
-    BadClaim(&'static str),
+    /// The header or a claim fails the session-token rules.
+    #[error("refused claims: {0}")]
+    Claim(ClaimError),
     /// No keys could be obtained at all.
     #[error("keys unavailable: {detail}")]
     Unavailable {
@@ -56,19 +58,12 @@ enum Keys {
     Jwks(Arc<KeyStore>),
 }
 
-/// The claims we read; `exp`, `nbf` and `iss` are checked by `jsonwebtoken`.
-#[derive(Deserialize)]
-struct Claims {
-    sub: String,
-    exp: u64,
-    azp: Option<String>,
-}
-
 /// Verifies Clerk session tokens.
 pub struct Verifier {
     keys: Keys,
-    validation: Validation,
-    authorized_parties: Option<Vec<String>>,
+    /// Signature only: every claim is checked by `claims`.
+    signature: Validation,
+    rules: ClaimRules,
     cache: TokenCache,
 }
 
@@ -97,18 +92,20 @@ impl Verifier {
                 Keys::Jwks(store)
             }
         };
-        let mut validation = Validation::new(Algorithm::RS256);
-        validation.set_issuer(&[&config.issuer]);
-        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        validation.leeway = config.clock_skew.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        // Clerk session tokens carry no audience by default.
-        validation.validate_aud = false;
+        let mut signature = Validation::new(Algorithm::RS256);
+        signature.set_required_spec_claims::<&str>(&[]);
+        signature.validate_exp = false;
+        signature.validate_nbf = false;
+        signature.validate_aud = false;
         Ok(Self {
             keys,
-            validation,
-            authorized_parties: config.authorized_parties.clone(),
+            signature,
+            rules: ClaimRules {
+                issuer: config.issuer.clone(),
+                leeway_secs: config.clock_skew.as_secs(),
+                authorized_parties: config.authorized_parties.clone(),
+                allow_pending: config.allow_pending_sessions,
+            },
             cache: TokenCache::default(),
         })
     }
@@ -136,17 +133,13 @@ impl Verifier {
             (Keys::Jwks(store), Some(kid)) => store.key(kid, request_id).await?,
             (Keys::Jwks(_), None) => return Err(AuthError::Malformed("no kid")),
         };
-        let claims = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.signature)
             .map_err(|e| AuthError::Rejected(e.to_string()))?
             .claims;
-        let user = UserId::parse(&claims.sub).ok_or(AuthError::BadClaim("sub"))?;
-        if let (Some(allowed), Some(azp)) = (&self.authorized_parties, &claims.azp) {
-            if !allowed.iter().any(|p| p == azp) {
-                return Err(AuthError::BadClaim("azp not authorized"));
-            }
-        }
+        let session = claims::check_claims(&claims, &self.rules).map_err(AuthError::Claim)?;
+        let user = session.user;
         self.cache
-            .insert(cache_key, user.clone(), claims.exp, kid, key);
+            .insert(cache_key, user.clone(), session.expires_at, kid, key);
         Ok(user)
     }
 
@@ -183,5 +176,6 @@ pub fn precheck(token: &str) -> Result<Option<String>, AuthError> {
             return Err(AuthError::Malformed("kid length"));
         }
     }
+    claims::check_header(token).map_err(AuthError::Claim)?;
     Ok(header.kid)
 }

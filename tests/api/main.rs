@@ -12,4 +12,5 @@ mod images;
 mod limits;
 mod metrics;
 mod openapi;
+mod token_kinds;
 mod upstream;

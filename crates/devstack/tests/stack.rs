@@ -455,3 +455,45 @@ async fn the_dev_stack_serves_every_route_and_keeps_data_across_restarts() {
 
     running.stop().await;
 }
+
+#[tokio::test]
+async fn the_local_clerk_mints_each_kind_of_token_and_only_sessions_open_images() {
+    let stack = Stack::start().await;
+    let client = reqwest::Client::new();
+    let clerk = stack.stack.clerk.url();
+    let mut statuses = Vec::new();
+    for kind in ["session", "pending", "template", "machine"] {
+        let minted: Value = client
+            .get(format!("{clerk}/dev/token?sub=user_kind&kind={kind}"))
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        let token = minted["token"].as_str().expect("a token");
+        let answer = client
+            .get(format!("{}/api/images", stack.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("sent");
+        statuses.push((kind, answer.status().as_u16()));
+    }
+    assert_eq!(
+        statuses,
+        vec![
+            ("session", 200),
+            ("pending", 401),
+            ("template", 401),
+            ("machine", 401)
+        ]
+    );
+    let bad = client
+        .get(format!("{clerk}/dev/token?sub=user_kind&kind=handshake"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(bad.status(), 400);
+    stack.stop().await;
+}

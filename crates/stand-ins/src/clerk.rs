@@ -2,8 +2,11 @@
 //! RS256 session tokens signed with keys it holds.
 //!
 //! The service under test only ever reads Clerk's public keys, so this is all
-//! of Clerk it needs. `GET /dev/token` is a dev-stack convenience (no such
-//! route at Clerk) to mint a token for any user from curl.
+//! of Clerk it needs. Tokens are shaped like real ones (header `cat`, `sid`,
+//! `sts`, `fva`, `v`, `nbf` = `iat` − 10). `GET /dev/token?sub=…[&kind=…]` is
+//! a dev-stack convenience (no such route at Clerk) to mint a token for any
+//! user from curl, of any kind the service must refuse too: `pending`,
+//! `template`, `machine`.
 
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -118,7 +121,8 @@ impl SigningKey {
         })
     }
 
-    /// The RS256 header this key signs with: `{alg, typ: "JWT", kid}`.
+    /// The RS256 header this key signs with: `{alg, typ: "JWT", kid}` (no
+    /// `cat`: `jsonwebtoken`'s header type has no such field; see [`Self::sign`]).
     pub fn header(&self) -> Header {
         let mut header = Header::new(Algorithm::RS256);
         header.typ = Some("JWT".into());
@@ -126,12 +130,35 @@ impl SigningKey {
         header
     }
 
-    /// Signs `claims` with RS256 and this key's `kid`.
+    /// The header of a real Clerk token of `kind`:
+    /// `{"alg":"RS256","cat":…,"kid":…,"typ":"JWT"}`.
+    pub fn clerk_header(&self, kind: TokenKind) -> Value {
+        json!({"alg": "RS256", "cat": kind.category(), "kid": self.kid, "typ": "JWT"})
+    }
+
+    /// Signs `claims` under a real session token's header (with `cat`).
     ///
     /// # Panics
-    /// Only if the claims cannot be serialised, which a `Value` always can.
+    /// Only if signing fails, which an RSA key with RS256 does not.
     pub fn sign(&self, claims: &Value) -> String {
-        self.sign_with_header(self.header(), claims)
+        self.sign_json_header(&self.clerk_header(TokenKind::Session), claims)
+    }
+
+    /// Signs `claims` with RS256 under any header JSON, as given (for tests
+    /// of headers `jsonwebtoken` cannot express: `cat`, `crit`, …).
+    ///
+    /// # Panics
+    /// Only if signing fails, which an RSA key with RS256 does not.
+    pub fn sign_json_header(&self, header: &Value, claims: &Value) -> String {
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature =
+            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &self.encoding, Algorithm::RS256)
+                .expect("RS256 signing with an RSA key");
+        format!("{signing_input}.{signature}")
     }
 
     /// Signs `claims` under an arbitrary header (for tests of odd headers).
@@ -170,24 +197,92 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Claims like a Clerk session token's: `iss`, `sub`, `iat`/`nbf` = now,
-/// `exp` = now + `ttl`, `azp` = the dev frontend, a random `sid`.
-pub fn standard_claims(issuer: &str, sub: &str, ttl: Duration) -> Value {
-    let now = unix_now();
-    let sid: String = rand::thread_rng()
+/// The kinds of token one Clerk instance key signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// A session token: the only kind that opens a user's images.
+    Session,
+    /// A session with tasks left (`sts: pending`).
+    Pending,
+    /// A JWT-template token (for other services): its own `cat`, no `sid`.
+    Template,
+    /// A machine token: its own `cat`, `sub` starting with `mch_`.
+    Machine,
+}
+
+impl TokenKind {
+    /// Parses `session`, `pending`, `template` or `machine`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "session" => Some(Self::Session),
+            "pending" => Some(Self::Pending),
+            "template" => Some(Self::Template),
+            "machine" => Some(Self::Machine),
+            _ => None,
+        }
+    }
+
+    /// The header `cat` Clerk gives this kind.
+    pub fn category(self) -> &'static str {
+        match self {
+            Self::Session | Self::Pending => "cl_B7d4PD111AAA",
+            Self::Template => "cl_B7d4PD222AAA",
+            Self::Machine => "cl_B7d4PD333AAA",
+        }
+    }
+}
+
+fn random_id(prefix: &str) -> String {
+    let id: String = rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(27)
         .map(char::from)
         .collect();
+    format!("{prefix}{id}")
+}
+
+/// Claims shaped like a real Clerk session token's: `azp` = the dev
+/// frontend, `exp` = now + `ttl`, `fva`, `iat` = now, `iss`, `nbf` = now − 10,
+/// a random `sid`, `sts: active`, `sub`, `v: 2`.
+pub fn standard_claims(issuer: &str, sub: &str, ttl: Duration) -> Value {
+    let now = unix_now();
     json!({
-        "iss": issuer,
-        "sub": sub,
-        "iat": now,
-        "nbf": now,
-        "exp": now.saturating_add(ttl.as_secs()),
         "azp": DEV_AZP,
-        "sid": format!("sess_{sid}"),
+        "exp": now.saturating_add(ttl.as_secs()),
+        "fva": [85, -1],
+        "iat": now,
+        "iss": issuer,
+        "nbf": now.saturating_sub(10),
+        "sid": random_id("sess_"),
+        "sts": "active",
+        "sub": sub,
+        "v": 2,
     })
+}
+
+/// Claims of a token of `kind` for `sub` (a machine gets an `mch_` subject).
+pub fn claims_of_kind(issuer: &str, sub: &str, ttl: Duration, kind: TokenKind) -> Value {
+    let mut claims = standard_claims(issuer, sub, ttl);
+    match kind {
+        TokenKind::Session => {}
+        TokenKind::Pending => claims["sts"] = json!("pending"),
+        TokenKind::Template => {
+            if let Some(map) = claims.as_object_mut() {
+                map.remove("sid");
+                map.remove("sts");
+                map.remove("fva");
+                map.remove("v");
+            }
+        }
+        TokenKind::Machine => {
+            claims["sub"] = json!(random_id("mch_"));
+            if let Some(map) = claims.as_object_mut() {
+                map.remove("sid");
+                map.remove("sts");
+            }
+        }
+    }
+    claims
 }
 
 struct ClerkState {
@@ -284,7 +379,7 @@ impl ClerkStandIn {
         ))
     }
 
-    /// Signs arbitrary claims with the first key.
+    /// Signs arbitrary claims with the first key, under a session token's header.
     ///
     /// # Panics
     /// If the key set is empty.
@@ -292,6 +387,16 @@ impl ClerkStandIn {
         self.key(0)
             .expect("ClerkStandIn has no signing key")
             .sign(claims)
+    }
+
+    /// A 1-hour token of `kind` for `sub`, with that kind's header and claims.
+    ///
+    /// # Panics
+    /// If the key set is empty.
+    pub fn mint_kind(&self, sub: &str, kind: TokenKind) -> String {
+        let key = self.key(0).expect("ClerkStandIn has no signing key");
+        let claims = claims_of_kind(&self.issuer(), sub, Duration::from_secs(3600), kind);
+        key.sign_json_header(&key.clerk_header(kind), &claims)
     }
 }
 
@@ -381,6 +486,17 @@ fn dev_token(state: &ClerkState, query: Option<&str>) -> Response {
             )
         }
     };
+    let kind = match get("kind").map(TokenKind::parse) {
+        None => TokenKind::Session,
+        Some(Some(kind)) => kind,
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "form_param_format_invalid",
+                "kind must be session, pending, template or machine",
+            )
+        }
+    };
     let Some(key) = lock(&state.keys).first().cloned() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -388,24 +504,20 @@ fn dev_token(state: &ClerkState, query: Option<&str>) -> Response {
             "the issuer has no signing key",
         );
     };
-    let claims = standard_claims(
+    let claims = claims_of_kind(
         state.issuer.get().map_or("", String::as_str),
         sub,
         Duration::from_secs(ttl),
+        kind,
     );
-    match key.try_sign(&key.header(), &claims) {
-        Ok(token) => axum::Json(json!({
-            "token": token,
-            "sub": sub,
-            "expires_at": claims["exp"],
-        }))
-        .into_response(),
-        Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_clerk_error",
-            "signing failed",
-        ),
-    }
+    let token = key.sign_json_header(&key.clerk_header(kind), &claims);
+    axum::Json(json!({
+        "token": token,
+        "sub": claims["sub"],
+        "kind": get("kind").unwrap_or("session"),
+        "expires_at": claims["exp"],
+    }))
+    .into_response()
 }
 
 #[cfg(test)]
