@@ -91,6 +91,12 @@ pub enum Fault {
     /// Close the TCP connection without sending any response byte (requests
     /// sharing that connection, e.g. other HTTP/2 streams, fail with it).
     Drop,
+    /// Handle the request (its effect happens), then wait this long before
+    /// answering: an answer that comes too late.
+    DelayAfter(Duration),
+    /// Handle the request (its effect happens), then close the connection
+    /// without answering: an answer lost.
+    DropAfter,
     /// Answer this status with this JSON body, whatever was asked: a
     /// misbehaving upstream (a foreign record, a malformed page).
     Answer {
@@ -381,6 +387,23 @@ async fn record_and_fault(State(shared): State<Arc<Shared>>, req: Request, next:
             // Served without our accept loop (e.g. `Router::oneshot`): no socket to close.
             None => return (shared.status_body)(StatusCode::BAD_GATEWAY),
         },
+        Some(Fault::DelayAfter(d)) => {
+            let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+            tokio::time::sleep(d).await;
+            return response;
+        }
+        Some(Fault::DropAfter) => {
+            let kill = parts.extensions.get::<KillSwitch>().cloned();
+            let _handled = next.run(Request::from_parts(parts, Body::from(body))).await;
+            return match kill {
+                Some(kill) => {
+                    kill.0.notify_one();
+                    // The connection task drops this future together with the connection.
+                    match std::future::pending::<std::convert::Infallible>().await {}
+                }
+                None => (shared.status_body)(StatusCode::BAD_GATEWAY),
+            };
+        }
         None => {}
     }
     next.run(Request::from_parts(parts, Body::from(body))).await
