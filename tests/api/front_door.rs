@@ -3,8 +3,12 @@
 //! placeholders refused at start, the JSON 431, `--version`, `/api/ready`'s
 //! reasons as words, and pretty logs without colour codes when piped.
 
+use serde_norway::Value as Yaml;
+
 const DOCKERFILE: &str = include_str!("../../Dockerfile");
 const DOCKERIGNORE: &str = include_str!("../../.dockerignore");
+const COMPOSE: &str = include_str!("../../compose.yaml");
+const ENV_EXAMPLE: &str = include_str!("../../env.example");
 const CARGO_TOML: &str = include_str!("../../Cargo.toml");
 
 /// distroless's `nonroot` user and group.
@@ -208,5 +212,132 @@ fn the_dockerignore_keeps_build_output_local_data_secrets_and_history_out() {
         .collect();
     for needed in ["target", ".devstack", ".env", ".git"] {
         assert!(entries.contains(&needed), "{needed} missing: {entries:?}");
+    }
+}
+
+// ----------------------------------------------------------------- compose
+
+fn compose() -> Yaml {
+    serde_norway::from_str(COMPOSE).expect("compose.yaml is YAML")
+}
+
+/// A service's `environment`, map or `KEY=value` list, as pairs.
+fn environment(service: &Yaml) -> Vec<(String, String)> {
+    match &service["environment"] {
+        Yaml::Mapping(map) => map
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Null => String::new(),
+                    other => serde_norway::to_string(other).unwrap().trim().to_owned(),
+                };
+                (k.as_str().unwrap().to_owned(), value)
+            })
+            .collect(),
+        Yaml::Sequence(list) => list
+            .iter()
+            .filter_map(Yaml::as_str)
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn env_value(service: &Yaml, name: &str) -> Option<String> {
+    environment(service)
+        .into_iter()
+        .find_map(|(k, v)| (k == name).then_some(v))
+}
+
+#[test]
+fn compose_needs_no_dotenv_file() {
+    // `env_file: .env` fails `up` on older Compose when .env is missing, even
+    // for a service of another profile.
+    for (name, service) in compose()["services"].as_mapping().unwrap() {
+        assert!(service.get("env_file").is_none(), "{name:?} has env_file");
+    }
+}
+
+#[test]
+fn the_dev_stack_in_compose_listens_on_loopback_unless_told_otherwise() {
+    let dev = &compose()["services"]["dev"];
+    assert_eq!(dev["build"]["target"].as_str(), Some("dev"));
+    // The devstack binary reads DEV_HOST (default 127.0.0.1), not HOST.
+    assert!(env_value(dev, "HOST").is_none());
+    match env_value(dev, "DEV_HOST") {
+        None => {}
+        Some(v) => assert!(
+            v == "127.0.0.1" || v == "${DEV_HOST:-127.0.0.1}",
+            "DEV_HOST: {v}"
+        ),
+    }
+    if dev["network_mode"].as_str() != Some("host") {
+        // Published ports would have to be bound to loopback on the host.
+        for port in dev["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().expect("short syntax");
+            assert!(port.starts_with("127.0.0.1:"), "{port}");
+        }
+    }
+}
+
+#[test]
+fn the_dev_stack_keeps_its_data_in_a_named_volume_on_the_nonroot_data_folder() {
+    let doc = compose();
+    let dev = &doc["services"]["dev"];
+    assert_eq!(env_value(dev, "DEV_DATA_DIR").as_deref(), Some("/data"));
+    let mount = dev["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .find(|v| v.split(':').nth(1) == Some("/data"))
+        .expect("a volume on /data");
+    // A named volume (not a bind mount) takes the owner of the image's /data.
+    let volume = mount.split(':').next().unwrap();
+    assert!(
+        doc["volumes"].get(volume).is_some(),
+        "{volume} is not a named volume"
+    );
+    assert!(stage("dev")
+        .copies()
+        .iter()
+        .any(|c| c.contains(&"--chown=65532:65532") && c.last() == Some(&"/data")));
+}
+
+#[test]
+fn the_prod_service_takes_every_env_example_variable_from_dotenv_when_present() {
+    let service = &compose()["services"]["service"];
+    assert_eq!(service["build"]["target"].as_str(), Some("runtime"));
+    // Every variable env.example names, set or commented out.
+    let names: Vec<&str> = ENV_EXAMPLE
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim())
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect();
+    assert!(names.contains(&"SUPABASE_SERVICE_ROLE_KEY"), "{names:?}");
+    for name in names {
+        let value = env_value(service, name);
+        if name == "HOST" {
+            // Inside a container only 0.0.0.0 is reachable: the image's.
+            assert!(value.is_none(), "HOST: {value:?}");
+            continue;
+        }
+        let value = value.unwrap_or_else(|| panic!("{name} is not passed"));
+        assert!(
+            value.starts_with(&format!("${{{name}:-")) && value.ends_with('}'),
+            "{name}: {value} (an unset variable must not fail `up`)"
+        );
+    }
+    for required in ["CLERK_ISSUER", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY"] {
+        assert_eq!(
+            env_value(service, required).as_deref(),
+            Some(format!("${{{required}:-}}").as_str()),
+            "no default for a required variable"
+        );
     }
 }
