@@ -3,8 +3,11 @@
 //! placeholders refused at start, the JSON 431, `--version`, `/api/ready`'s
 //! reasons as words, and pretty logs without colour codes when piped.
 
+use std::process::Command;
+
 use serde_norway::Value as Yaml;
 
+const BIN: &str = env!("CARGO_BIN_EXE_image-service");
 const DOCKERFILE: &str = include_str!("../../Dockerfile");
 const DOCKERIGNORE: &str = include_str!("../../.dockerignore");
 const COMPOSE: &str = include_str!("../../compose.yaml");
@@ -13,6 +16,12 @@ const CARGO_TOML: &str = include_str!("../../Cargo.toml");
 
 /// distroless's `nonroot` user and group.
 const NONROOT_UID: &str = "65532";
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("image-service-{name}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 
 // ------------------------------------------------------------- Dockerfile
 
@@ -340,4 +349,39 @@ fn the_prod_service_takes_every_env_example_variable_from_dotenv_when_present() 
             "no default for a required variable"
         );
     }
+}
+
+// ------------------------------------------------- env.example placeholders
+
+#[test]
+fn a_copied_env_example_is_refused_at_start_one_line_per_placeholder() {
+    // Arrange: `cp env.example .env`, nothing else.
+    let dir = temp_dir("env-example");
+    std::fs::write(dir.join(".env"), ENV_EXAMPLE).unwrap();
+
+    // Act
+    let output = Command::new(BIN)
+        .current_dir(&dir)
+        .env_clear()
+        .output()
+        .unwrap();
+
+    // Assert
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per placeholder: {stderr}");
+    for (line, name) in
+        lines
+            .iter()
+            .zip(["CLERK_ISSUER", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY"])
+    {
+        assert!(
+            line.starts_with(&format!(
+                "{name}: still the env.example placeholder; set your "
+            )),
+            "{line}"
+        );
+    }
+    assert!(!stderr.contains("YOUR-SERVICE-ROLE-KEY"), "{stderr}");
 }
