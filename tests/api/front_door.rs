@@ -3,9 +3,12 @@
 //! placeholders refused at start, the JSON 431, `--version`, `/api/ready`'s
 //! reasons as words, and pretty logs without colour codes when piped.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_norway::Value as Yaml;
+
+use crate::helpers::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_image-service");
 const DOCKERFILE: &str = include_str!("../../Dockerfile");
@@ -384,4 +387,64 @@ fn a_copied_env_example_is_refused_at_start_one_line_per_placeholder() {
         );
     }
     assert!(!stderr.contains("YOUR-SERVICE-ROLE-KEY"), "{stderr}");
+}
+
+// ------------------------------------------------------------ pretty logs
+
+#[tokio::test]
+async fn pretty_logs_piped_to_a_file_carry_no_colour_codes() {
+    // Arrange: the binary with LOG_FORMAT=pretty, stdout a pipe (not a terminal).
+    let stand_ins = spawn_app().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(BIN)
+        .current_dir(temp_dir("pretty"))
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("CLERK_ISSUER", stand_ins.clerk.issuer())
+        .env("SUPABASE_URL", stand_ins.storage.url())
+        .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
+        .env("BDD_SERVICE_URL", stand_ins.bdd.url())
+        .env("LOG_FORMAT", "pretty")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+
+    // Act: wait until it serves, then one request that logs its fields.
+    while client
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "binary did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = client
+        .get(format!("{base}/api/images"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    child.start_kill().unwrap();
+    let output = child.wait_with_output().await.unwrap();
+
+    // Assert
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("image service listening"), "{stdout}");
+    assert!(stdout.contains("status=401"), "{stdout}");
+    assert!(
+        !stdout.contains("\x1b["),
+        "ANSI codes in piped logs: {stdout:?}"
+    );
 }
