@@ -6,7 +6,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
+use serde_json::{json, Value};
 use serde_norway::Value as Yaml;
+use stand_ins::{Fault, FaultRule};
 
 use crate::helpers::*;
 
@@ -387,6 +390,165 @@ fn a_copied_env_example_is_refused_at_start_one_line_per_placeholder() {
         );
     }
     assert!(!stderr.contains("YOUR-SERVICE-ROLE-KEY"), "{stderr}");
+}
+
+// --------------------------------------------------------------------- 431
+
+#[tokio::test]
+async fn a_head_over_32_kib_answers_431_in_the_json_error_shape() {
+    // 40 KiB: past the service's 32 KiB, within hyper's 64 KiB buffer, so
+    // the edge middleware answers rather than hyper's bare 431.
+    let app = spawn_app().await;
+    let response = app
+        .request(Method::GET, "/api/health")
+        .header("x-padding", "a".repeat(40 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    assert_eq!(
+        json_body(response).await,
+        json!({"success": false, "error": "En-têtes de requête trop volumineux"})
+    );
+}
+
+#[tokio::test]
+async fn a_head_under_32_kib_is_served() {
+    let app = spawn_app().await;
+    let response = app
+        .request(Method::GET, "/api/health")
+        .header("x-padding", "a".repeat(31 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+// --------------------------------------------------------------- --version
+
+#[test]
+fn version_prints_the_name_and_the_package_version() {
+    for flag in ["--version", "-V"] {
+        let output = Command::new(BIN).arg(flag).env_clear().output().unwrap();
+        assert!(output.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            format!("image-service {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
+
+// ------------------------------------------------------------ /api/ready
+
+/// `/api/ready`'s status and body, once the key set is loaded (or 3 s passed).
+async fn ready(app: &TestApp) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let response = app.request(Method::GET, "/api/ready").send().await.unwrap();
+        let status = response.status().as_u16();
+        let body = json_body(response).await;
+        if body["checks"]["auth"] == "ok" || Instant::now() > deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every reason is one of the words of contract §9, never an error chain.
+fn assert_reasons_are_words(body: &Value) {
+    let text = body.to_string();
+    for leak in [
+        "tcp connect",
+        "os error",
+        "error sending",
+        "connection",
+        "127.0.0.1",
+        "http://",
+    ] {
+        assert!(!text.contains(leak), "{leak} in {text}");
+    }
+    for (check, reason) in body["checks"].as_object().expect("checks") {
+        let reason = reason.as_str().expect("a string");
+        let word = matches!(reason, "ok" | "unreachable" | "timeout" | "bad answer")
+            || ["refused (", "failed ("].iter().any(|p| {
+                reason
+                    .strip_prefix(p)
+                    .and_then(|r| r.strip_suffix(')'))
+                    .is_some_and(|code| code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()))
+            });
+        assert!(word, "{check}: {reason}");
+        assert!(!reason.contains("error"), "{check}: {reason}");
+    }
+}
+
+#[tokio::test]
+async fn ready_says_unreachable_when_the_bdd_refuses_connections() {
+    let app =
+        spawn_app_with(TestOptions::default().env("BDD_SERVICE_URL", closed_port_url())).await;
+
+    let (status, body) = ready(&app).await;
+
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["checks"],
+        json!({"bdd": "unreachable", "auth": "ok", "storage": "ok"})
+    );
+    assert_reasons_are_words(&body);
+}
+
+#[tokio::test]
+async fn ready_says_timeout_when_the_bdd_is_slow() {
+    let app = spawn_app_with(
+        TestOptions::default().tweak(|c| c.ready_timeout = Duration::from_millis(300)),
+    )
+    .await;
+    assert_eq!(ready(&app).await.0, 200, "ready before the fault");
+    app.bdd.inject(
+        FaultRule::new(Fault::Delay(Duration::from_secs(5)))
+            .method(Method::GET)
+            .path_prefix("/api/health"),
+    );
+
+    let (status, body) = ready(&app).await;
+
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["checks"],
+        json!({"bdd": "timeout", "auth": "ok", "storage": "ok"})
+    );
+    assert_reasons_are_words(&body);
+}
+
+#[tokio::test]
+async fn ready_says_refused_404_when_the_storage_bucket_is_missing() {
+    let app = spawn_app_with(TestOptions::default().env("SUPABASE_BUCKET_NAME", "other")).await;
+
+    let (status, body) = ready(&app).await;
+
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["checks"],
+        json!({"bdd": "ok", "auth": "ok", "storage": "refused (404)"})
+    );
+    assert_reasons_are_words(&body);
+}
+
+#[tokio::test]
+async fn ready_names_a_bdd_500_in_a_word_without_its_body() {
+    // The stand-in's 500 body is an error text; none of it reaches the answer.
+    let app = spawn_app().await;
+    assert_eq!(ready(&app).await.0, 200, "ready before the fault");
+    app.bdd.inject(
+        FaultRule::new(Fault::Status(500))
+            .method(Method::GET)
+            .path_prefix("/api/health"),
+    );
+
+    let (status, body) = ready(&app).await;
+
+    assert_eq!(status, 503, "{body}");
+    assert_ne!(body["checks"]["bdd"], "ok", "{body}");
+    assert_reasons_are_words(&body);
 }
 
 // ------------------------------------------------------------ pretty logs
