@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Proves, without a Docker engine, that the Dockerfile's build stage copies
-# everything `cargo build` reads (issue 9, item 6).
+# everything `cargo build` reads.
 #
 #   scripts/docker-context-check.sh
 #

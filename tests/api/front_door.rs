@@ -1,7 +1,7 @@
-//! The front door (issue 9, item 6): what someone meets before the first
-//! request succeeds. The image's and compose's static promises, env.example's
-//! placeholders refused at start, the JSON 431, `--version`, `/api/ready`'s
-//! reasons as words, and pretty logs without colour codes when piped.
+//! The front door: what someone meets before the first request succeeds. The
+//! image's and compose's static promises, env.example's placeholders refused
+//! at start, the JSON 431, `--version`, `/api/ready`'s reasons as words, and
+//! pretty logs without colour codes when piped.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
