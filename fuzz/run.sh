@@ -26,6 +26,13 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
+# cargo-fuzz has no --locked and cargo no config key for it, so resolve the
+# fuzz workspace with the lock enforced first: a stale fuzz/Cargo.lock (the
+# service's dependencies changed) fails here instead of being rewritten by
+# the build. Refresh it with: cargo metadata --manifest-path fuzz/Cargo.toml
+echo "== fuzz/Cargo.lock is current (cargo metadata --locked)"
+cargo metadata --locked --format-version 1 --manifest-path Cargo.toml >/dev/null
+
 if [ $# -gt 0 ]; then
   targets=("$@")
 else

@@ -157,7 +157,9 @@ impl Config {
         // Kept exactly as written: tokens must carry this very `iss`.
         let issuer = r.required("CLERK_ISSUER");
         if let Some(issuer) = &issuer {
-            r.check_url("CLERK_ISSUER", issuer);
+            if !r.placeholder("CLERK_ISSUER", issuer) {
+                r.check_url("CLERK_ISSUER", issuer);
+            }
         }
         let jwks_url = match r.optional("CLERK_JWKS_URL") {
             Some(url) => {
@@ -189,15 +191,20 @@ impl Config {
 
         let storage_url = r.required("SUPABASE_URL").map(trim_slash);
         if let Some(url) = &storage_url {
-            r.check_url("SUPABASE_URL", url);
+            if !r.placeholder("SUPABASE_URL", url) {
+                r.check_url("SUPABASE_URL", url);
+            }
         }
-        let service_key = match r.optional("SUPABASE_SERVICE_ROLE_KEY") {
-            Some(key) => Some(key),
-            None => r.optional("SUPABASE_SERVICE_KEY"),
-        };
-        if service_key.is_none() {
-            r.problem("SUPABASE_SERVICE_ROLE_KEY: required but not set (SUPABASE_SERVICE_KEY is accepted too)");
+        let service_key = ["SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_SERVICE_KEY"]
+            .into_iter()
+            .find_map(|name| r.optional(name).map(|key| (name, key)));
+        match &service_key {
+            None => r.problem("SUPABASE_SERVICE_ROLE_KEY: required but not set (SUPABASE_SERVICE_KEY is accepted too)"),
+            Some((name, key)) => {
+                r.placeholder(name, key);
+            }
         }
+        let service_key = service_key.map(|(_, key)| key);
         let bucket = r
             .optional("SUPABASE_BUCKET_NAME")
             .unwrap_or_else(|| "images".into());
@@ -313,6 +320,35 @@ impl Config {
     }
 }
 
+/// The values env.example gives the required variables, and what to set
+/// instead. Obvious placeholders rather than plausible examples, so that a
+/// copied env.example fails at start, naming each variable, instead of
+/// failing every request against a host that does not exist. Compared
+/// ignoring case and a trailing slash (host names ignore case; the old
+/// env.example's `your-service-role-key` is caught too).
+const PLACEHOLDERS: [(&str, &str, &str); 4] = [
+    (
+        "CLERK_ISSUER",
+        "https://YOUR-INSTANCE.clerk.accounts.dev",
+        "set your Clerk instance's issuer (the `iss` of its session tokens, e.g. https://<slug>.clerk.accounts.dev)",
+    ),
+    (
+        "SUPABASE_URL",
+        "https://YOUR-PROJECT.supabase.co",
+        "set your Supabase project URL (https://<project-ref>.supabase.co)",
+    ),
+    (
+        "SUPABASE_SERVICE_ROLE_KEY",
+        "YOUR-SERVICE-ROLE-KEY",
+        "set your Supabase service role key",
+    ),
+    (
+        "SUPABASE_SERVICE_KEY",
+        "YOUR-SERVICE-ROLE-KEY",
+        "set your Supabase service role key",
+    ),
+];
+
 /// Collects problems while reading variables.
 struct Reader<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
@@ -337,6 +373,19 @@ impl Reader<'_> {
             self.problem(format!("{name}: required but not set"));
         }
         value
+    }
+
+    /// Reports `value` if it is still env.example's placeholder for `name`;
+    /// says whether it was. The line names the variable, never the value.
+    fn placeholder(&mut self, name: &str, value: &str) -> bool {
+        let value = trim_slash(value.to_owned());
+        let Some((_, _, hint)) = PLACEHOLDERS.iter().find(|(variable, placeholder, _)| {
+            *variable == name && placeholder.eq_ignore_ascii_case(&value)
+        }) else {
+            return false;
+        };
+        self.problem(format!("{name}: still the env.example placeholder; {hint}"));
+        true
     }
 
     fn parsed<T: FromStr>(&mut self, name: &str, default: &str, expected: &str) -> Option<T> {
@@ -522,6 +571,85 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("CLERK_JWT_KEY"));
+    }
+
+    /// The three required values exactly as env.example writes them.
+    const ENV_EXAMPLE_PLACEHOLDERS: &[(&str, &str)] = &[
+        ("CLERK_ISSUER", "https://YOUR-INSTANCE.clerk.accounts.dev"),
+        ("SUPABASE_URL", "https://YOUR-PROJECT.supabase.co"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "YOUR-SERVICE-ROLE-KEY"),
+    ];
+
+    #[test]
+    fn env_example_placeholders_are_refused_one_line_each_naming_the_variable() {
+        let err = config(ENV_EXAMPLE_PLACEHOLDERS).unwrap_err();
+        assert_eq!(
+            err.0,
+            vec![
+                "CLERK_ISSUER: still the env.example placeholder; set your Clerk instance's issuer (the `iss` of its session tokens, e.g. https://<slug>.clerk.accounts.dev)",
+                "SUPABASE_URL: still the env.example placeholder; set your Supabase project URL (https://<project-ref>.supabase.co)",
+                "SUPABASE_SERVICE_ROLE_KEY: still the env.example placeholder; set your Supabase service role key",
+            ]
+        );
+    }
+
+    #[test]
+    fn each_placeholder_is_refused_alone_and_whatever_its_case() {
+        for (name, placeholder) in ENV_EXAMPLE_PLACEHOLDERS {
+            for written in [
+                placeholder.to_string(),
+                placeholder.to_ascii_lowercase(),
+                format!("{placeholder}/"),
+            ] {
+                let mut vars = MINIMAL.to_vec();
+                vars.retain(|(k, _)| k != name);
+                vars.push((name, &written));
+                let err = config(&vars).unwrap_err();
+                assert_eq!(err.0.len(), 1, "{written}: {err}");
+                assert!(
+                    err.0[0].starts_with(&format!("{name}: still the env.example placeholder")),
+                    "{err}"
+                );
+                assert!(
+                    !err.0[0].contains(&written),
+                    "the value is not echoed: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_placeholder_key_under_its_old_name_is_refused_naming_that_name() {
+        let mut vars = MINIMAL.to_vec();
+        vars.retain(|(k, _)| *k != "SUPABASE_SERVICE_ROLE_KEY");
+        vars.push(("SUPABASE_SERVICE_KEY", "YOUR-SERVICE-ROLE-KEY"));
+        let err = config(&vars).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(
+            err.0[0].starts_with("SUPABASE_SERVICE_KEY: still the env.example placeholder"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn only_the_placeholders_themselves_are_refused() {
+        // Real-looking values, and a placeholder under another variable's
+        // name, are left to the usual checks.
+        let mut vars = MINIMAL.to_vec();
+        vars.retain(|(k, _)| *k != "SUPABASE_SERVICE_ROLE_KEY");
+        vars.push((
+            "SUPABASE_SERVICE_ROLE_KEY",
+            "https://YOUR-PROJECT.supabase.co",
+        ));
+        vars.push((
+            "CLERK_JWKS_URL",
+            "https://YOUR-INSTANCE.clerk.accounts.dev/jwks",
+        ));
+        assert!(config(&vars).is_ok());
+        let mut vars = MINIMAL.to_vec();
+        vars.retain(|(k, _)| *k != "SUPABASE_URL");
+        vars.push(("SUPABASE_URL", "https://your-project-2.supabase.co"));
+        assert!(config(&vars).is_ok());
     }
 
     #[test]

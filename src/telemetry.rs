@@ -42,6 +42,9 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
         LogFormat::Pretty => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(writer)
+            // Colours only for a terminal: piped into a file or `docker
+            // compose logs`, escape codes are noise around every field.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .compact()
             .try_init(),
     };

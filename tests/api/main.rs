@@ -8,6 +8,7 @@ mod auth;
 mod behaviour;
 mod binary;
 mod container;
+mod front_door;
 mod images;
 mod limits;
 mod metrics;
