@@ -15,9 +15,11 @@ use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::auth::Verifier;
+use crate::cleaner::{Cleaner, MemoryQueue};
 use crate::clients::{bdd::BddClient, http_client, storage::StorageClient};
 use crate::config::Config;
 use crate::connections::{Connections, Registered, Tracked};
+use crate::idempotency::MemoryStore;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::routes;
@@ -44,6 +46,8 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     state: AppState,
+    /// Stops the cleaner's background worker (at shutdown, it drains instead).
+    cleaner_stop: CancellationToken,
 }
 
 impl App {
@@ -62,19 +66,33 @@ impl App {
             metrics.clone(),
         )
         .map_err(BuildError::Setup)?;
+        let storage = StorageClient::new(
+            http.clone(),
+            &config.storage,
+            config.upload_timeout,
+            metrics.clone(),
+        );
+        let bdd = BddClient::new(
+            http,
+            &config.bdd_url,
+            config.upstream_timeout,
+            metrics.clone(),
+        );
+        let cleaner = Cleaner::new(
+            Arc::new(MemoryQueue::default()),
+            storage.clone(),
+            bdd.clone(),
+            metrics.clone(),
+            config.idempotency_ttl,
+        );
+        let cleaner_stop = CancellationToken::new();
+        cleaner.spawn(cleaner_stop.clone());
+        metrics.cleanup_pending(0);
         let state = AppState::new(Shared {
-            storage: StorageClient::new(
-                http.clone(),
-                &config.storage,
-                config.upload_timeout,
-                metrics.clone(),
-            ),
-            bdd: BddClient::new(
-                http,
-                &config.bdd_url,
-                config.upstream_timeout,
-                metrics.clone(),
-            ),
+            idempotency: Arc::new(MemoryStore::new(config.idempotency_ttl)),
+            cleaner,
+            storage,
+            bdd,
             metrics,
             verifier: Arc::new(verifier),
             rate_limiter: RateLimiter::new(config.rate_limit_per_minute),
@@ -89,6 +107,7 @@ impl App {
             listener,
             router: routes::router(state.clone()),
             state,
+            cleaner_stop,
         })
     }
 
@@ -160,6 +179,7 @@ impl App {
         }
 
         drop(self.listener);
+        let deadline = std::time::Instant::now() + grace;
         tracing::info!("shutting down: no new connections, draining requests in flight");
         draining.cancel();
         connection_tasks.close();
@@ -169,12 +189,18 @@ impl App {
             connection_tasks.wait().await;
             tasks.wait().await;
         };
-        if tokio::time::timeout(grace, drained).await.is_err() {
+        if tokio::time::timeout_at(deadline.into(), drained)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 ?grace,
                 "grace period over; dropping requests still in flight"
             );
         }
+        // The cleaner gets what is left of the grace period.
+        self.cleaner_stop.cancel();
+        self.state.cleaner.drain(deadline).await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -120,6 +120,9 @@ pub struct Config {
     /// Largest request head (request line and headers); hyper checks it when
     /// its read buffer fills, so a head a little larger may still pass.
     pub max_header_bytes: usize,
+    /// How long an `Idempotency-Key` is remembered, and the longest a
+    /// cleanup is retried.
+    pub idempotency_ttl: Duration,
     /// Budget of the whole `/api/ready` check.
     pub ready_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
@@ -246,6 +249,7 @@ impl Config {
         let max_connections = r.positive("MAX_CONNECTIONS", "1024");
         let max_uploads_in_flight = r.positive("MAX_UPLOADS_IN_FLIGHT", "8");
         let max_uploads_per_user = r.positive("MAX_UPLOADS_PER_USER", "2");
+        let idempotency_ttl = r.positive("IDEMPOTENCY_TTL_SECS", "86400");
         let min_body_rate = r.positive("MIN_BODY_RATE_BYTES_PER_SEC", "65536");
         let rate_limit_per_minute = r.parsed(
             "RATE_LIMIT_PER_MINUTE",
@@ -314,6 +318,7 @@ impl Config {
             min_body_rate: min_body_rate.ok_or_else(missing)?,
             body_grace: Duration::from_secs(5),
             max_header_bytes: 32 * 1024,
+            idempotency_ttl: Duration::from_secs(idempotency_ttl.ok_or_else(missing)?),
             ready_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
         })

@@ -89,6 +89,18 @@ pub enum ApiError {
     /// The user already holds their share of the upload slots.
     #[error("user holds their share of upload slots")]
     TooManyUploads,
+    /// An `Idempotency-Key` that is not 1 to 255 visible ASCII characters.
+    #[error("invalid idempotency key")]
+    InvalidIdempotencyKey,
+    /// A request with this `Idempotency-Key` is still running.
+    #[error("a request with this idempotency key is running")]
+    IdempotencyInFlight,
+    /// The `Idempotency-Key` was used for another request body.
+    #[error("idempotency key reused for another body")]
+    IdempotencyKeyReused,
+    /// The key store cannot be reached: a keyed create must not run.
+    #[error("coordination store unavailable: {0}")]
+    CoordinationUnavailable(String),
     /// No route for this path.
     #[error("route not found")]
     RouteNotFound,
@@ -151,20 +163,27 @@ impl ApiError {
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooManyUploads => StatusCode::TOO_MANY_REQUESTS,
+            Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+            Self::IdempotencyInFlight => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::CoordinationUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Bdd(e) => match e {
                 BddError::Rejected { status, .. } => *status,
                 BddError::NotOwned(_) => StatusCode::NOT_FOUND,
-                BddError::Refused(_) | BddError::Unsupported | BddError::Failed(_) => {
-                    StatusCode::BAD_GATEWAY
-                }
+                BddError::Refused(_)
+                | BddError::Unsupported
+                | BddError::ServerError(_)
+                | BddError::Failed(_) => StatusCode::BAD_GATEWAY,
                 BddError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 BddError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             },
             Self::Storage(_, e) => match e {
-                StorageError::Refused { .. } | StorageError::Failed(_) => StatusCode::BAD_GATEWAY,
+                StorageError::Refused { .. }
+                | StorageError::ServerError { .. }
+                | StorageError::Failed(_) => StatusCode::BAD_GATEWAY,
                 StorageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 StorageError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             },
@@ -186,6 +205,10 @@ impl ApiError {
             Self::BodyTimeout(_) => "Délai de réception de la requête dépassé",
             Self::Overloaded => "Service surchargé, réessayez dans un instant",
             Self::TooManyUploads => "Trop de téléversements simultanés",
+            Self::InvalidIdempotencyKey => "Idempotency-Key invalide",
+            Self::IdempotencyInFlight => "Requête déjà en cours de traitement",
+            Self::IdempotencyKeyReused => "Idempotency-Key déjà utilisée pour une autre requête",
+            Self::CoordinationUnavailable(_) => "Service de coordination indisponible",
             Self::RouteNotFound => "Route non trouvée",
             Self::MethodNotAllowed => "Méthode non autorisée",
             Self::RateLimited { .. } => "Trop de requêtes, réessayez plus tard",
@@ -197,15 +220,16 @@ impl ApiError {
                 BddError::Unsupported => "Service BDD: opération non supportée",
                 BddError::Unavailable(_) => "Service BDD indisponible",
                 BddError::Timeout => "Service BDD: délai dépassé",
-                BddError::Rejected { .. } | BddError::Refused(_) | BddError::Failed(_) => {
-                    "Erreur du service BDD"
-                }
+                BddError::Rejected { .. }
+                | BddError::Refused(_)
+                | BddError::ServerError(_)
+                | BddError::Failed(_) => "Erreur du service BDD",
             },
             Self::Storage(op, e) => match e {
                 StorageError::Refused { message, .. } => {
                     return Cow::Owned(format!("Erreur lors de {}: {}", op.noun(), quoted(message)))
                 }
-                StorageError::Failed(_) => {
+                StorageError::ServerError { .. } | StorageError::Failed(_) => {
                     return Cow::Owned(format!(
                         "Erreur lors de {}: service de stockage en erreur",
                         op.noun()
@@ -251,7 +275,7 @@ impl IntoResponse for ApiError {
             Self::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
-            Self::Overloaded | Self::TooManyUploads => {
+            Self::Overloaded | Self::TooManyUploads | Self::IdempotencyInFlight => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::HeadTooLarge => {
@@ -264,6 +288,7 @@ impl IntoResponse for ApiError {
                 Self::Bdd(_) => Some("bdd"),
                 Self::Storage(..) => Some("storage"),
                 Self::AuthUnavailable(_) => Some("clerk"),
+                Self::CoordinationUnavailable(_) => Some("redis"),
                 _ => None,
             };
             response.extensions_mut().insert(ErrorDetail {

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::auth::AuthError;
 use crate::domain::{msg, FieldError, ImageId, Location, UserId};
 use crate::error::ApiError;
+use crate::idempotency::{IdempotencyKey, IDEMPOTENCY_KEY};
 use crate::request_id::RequestId;
 use crate::state::{AppState, SlotRefusal, UploadSlot};
 
@@ -169,6 +170,17 @@ fn expects_continue(headers: &HeaderMap) -> bool {
         .get(header::EXPECT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// The create's `Idempotency-Key`, if any; `400` when it is not 1 to 255
+/// visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY) {
+        None => Ok(None),
+        Some(value) => IdempotencyKey::parse(value.as_bytes())
+            .map(Some)
+            .ok_or(ApiError::InvalidIdempotencyKey),
+    }
 }
 
 /// A JSON request body as bytes: `415` without a JSON content type, `413`

@@ -7,15 +7,19 @@
 
 pub mod app; // App::build (listener, state, router), the accept loop, graceful shutdown
 pub mod auth; // token verification only: claims, JWKS key store, verified-token cache
+pub mod cleaner; // the cleanup queue and its background worker
 pub mod clients; // shared HTTP client; storage.rs (+ object paths); bdd.rs (+ owner check)
 pub mod config; // Config from the environment, fail-fast
 pub mod connections; // the connection table: caps, idle eviction
 pub mod domain; // validated values: ids, images, inputs, validation shape
 pub mod error; // ApiError: every status and French message, one IntoResponse
 pub mod extract; // AuthUser, Caller (auth then rate limit), bodies and ids with contract rejections
+pub mod flows; // creates and deletes across Storage and the BDD: once, nothing left behind
+pub mod idempotency; // Idempotency-Key: claims, replays, the key store
 pub mod metrics; // Prometheus metrics
 pub mod middleware; // the edge: span, head limit, CORS, security headers, metrics, log line
 pub mod ratelimit; // the per-user rate limit
+pub mod reconcile; // `image-service reconcile`: what a crash left in Storage
 pub mod request_id; // the request id: type, header, extractor
 pub mod response; // JSON answers and timestamps
 pub mod routes; // the router and the handlers, nothing else

@@ -218,6 +218,24 @@ impl Metrics {
         self.recorder.register_gauge(&key, &META).increment(delta);
     }
 
+    /// Cleanups waiting or running (`cleanup_pending`).
+    pub fn cleanup_pending(&self, pending: usize) {
+        let key = Key::from_static_name("cleanup_pending");
+        self.recorder
+            .register_gauge(&key, &META)
+            .set(pending as f64);
+    }
+
+    /// One cleanup attempt ended: `removed`, `kept`, `retried` or `abandoned`
+    /// (`cleanup_total{result}`).
+    pub fn cleanup_done(&self, result: &'static str) {
+        self.counter(
+            "cleanup_total",
+            vec![Label::from_static_parts("result", result)],
+            1,
+        );
+    }
+
     /// Bytes stored in Storage by successful creates.
     pub fn bytes_stored(&self, bytes: u64) {
         self.counter("stored_bytes_total", vec![], bytes);

@@ -9,9 +9,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
+use crate::cleaner::Cleaner;
 use crate::clients::{bdd::BddClient, storage::StorageClient};
 use crate::config::Config;
 use crate::domain::UserId;
+use crate::idempotency::IdempotencyStore;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 
@@ -50,6 +52,10 @@ pub struct Shared {
     pub upload_slots: UploadSlots,
     /// Per-user limit, when on.
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// Idempotency keys of creates.
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Removes what failed creates leave in Storage.
+    pub cleaner: Cleaner,
     /// Multi-step operations run here so a client hanging up cannot cut them
     /// half-way; shutdown waits for them.
     pub tasks: TaskTracker,

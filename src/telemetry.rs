@@ -16,15 +16,36 @@ use crate::config::LogFormat;
 #[must_use = "logs are lost when the guard is dropped"]
 pub struct LogGuard(#[allow(dead_code)] Option<WorkerGuard>);
 
-/// Installs the global subscriber; a second call (tests) is a no-op.
+/// Installs the global subscriber writing to stdout; a second call (tests) is a no-op.
 pub fn init(level: &str, format: LogFormat) -> LogGuard {
+    init_to(level, format, Output::Stdout)
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The service's logs.
+    Stdout,
+    /// A command whose stdout is its result (`reconcile`).
+    Stderr,
+}
+
+/// Installs the global subscriber writing to `output`.
+pub fn init_to(level: &str, format: LogFormat, output: Output) -> LogGuard {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = NonBlockingBuilder::default()
+    let builder = NonBlockingBuilder::default()
         .lossy(false)
         // A few hundred KiB at most: a burst waits rather than growing memory.
         .buffered_lines_limit(1024)
-        .thread_name("log-writer")
-        .finish(BufWriter::with_capacity(16 * 1024, std::io::stdout()));
+        .thread_name("log-writer");
+    let (writer, guard) = match output {
+        Output::Stdout => builder.finish(BufWriter::with_capacity(16 * 1024, std::io::stdout())),
+        Output::Stderr => builder.finish(BufWriter::with_capacity(16 * 1024, std::io::stderr())),
+    };
+    let terminal = match output {
+        Output::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        Output::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
     let installed = match format {
         // json-subscriber writes the same fields as tracing-subscriber's JSON
         // format but serialises each span's fields once, where
@@ -44,7 +65,7 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
             .with_writer(writer)
             // Colours only for a terminal: piped into a file or `docker
             // compose logs`, escape codes are noise around every field.
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_ansi(terminal)
             .compact()
             .try_init(),
     };

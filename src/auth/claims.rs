@@ -101,7 +101,8 @@ pub fn check_header(token: &str) -> Result<(), ClaimError> {
     }
     match header.get("typ") {
         None => {}
-        Some(Value::String(typ)) if typ == "JWT" => {}
+        // A media type: compared without regard to case (RFC 7515 §4.1.9).
+        Some(Value::String(typ)) if typ.eq_ignore_ascii_case("JWT") => {}
         Some(_) => return Err(ClaimError::NotJwt),
     }
     match header.get("cat") {

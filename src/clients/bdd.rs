@@ -21,6 +21,10 @@ use crate::request_id::{RequestId, X_REQUEST_ID};
 
 /// Largest answer read back from the BDD service (a page is at most 100 records).
 const MAX_ANSWER_BYTES: usize = 16 << 20;
+/// Records per page when reading back (the largest page the BDD serves).
+const READ_BACK_LIMIT: u64 = 100;
+/// Pages read at most for one user (a million records).
+const MAX_PAGES: u64 = 10_000;
 
 /// How a BDD call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -39,7 +43,10 @@ pub enum BddError {
     /// 404 without JSON: the route does not exist there.
     #[error("operation not supported (404 without JSON)")]
     Unsupported,
-    /// 5xx, an unusable answer, or the connection closed without an answer.
+    /// A 5xx answer.
+    #[error("answered HTTP {0}")]
+    ServerError(StatusCode),
+    /// An unusable answer, or the connection closed without an answer.
     #[error("failed: {0}")]
     Failed(String),
     /// Could not connect.
@@ -54,6 +61,12 @@ pub enum BddError {
 }
 
 impl BddError {
+    /// Whether a call that ended so may still have done its work upstream: a
+    /// timeout, a connection closed after sending, a 5xx, an unusable answer.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Timeout | Self::ServerError(_) | Self::Failed(_))
+    }
+
     /// The word for `/api/ready`.
     pub fn fault(&self) -> UpstreamFault {
         match self {
@@ -61,6 +74,7 @@ impl BddError {
                 UpstreamFault::Refused(status.as_u16())
             }
             Self::Unsupported => UpstreamFault::Refused(404),
+            Self::ServerError(status) => UpstreamFault::Failed(status.as_u16()),
             Self::Failed(_) | Self::NotOwned(_) => UpstreamFault::BadAnswer,
             Self::Unavailable(_) => UpstreamFault::Unreachable,
             Self::Timeout => UpstreamFault::Timeout,
@@ -399,6 +413,88 @@ impl BddClient {
         owned_page(&answer, user)
     }
 
+    /// Reads back the user's newest records (one page of 100, newest first)
+    /// looking for one whose URL is `url`: how a create whose answer was
+    /// lost is settled.
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = user.as_str()))]
+    pub async fn find_by_url(
+        &self,
+        user: &UserId,
+        url: &str,
+        request_id: &RequestId,
+    ) -> Result<Option<CreatedRecord>, BddError> {
+        let answer = self.page(user, 1, READ_BACK_LIMIT, request_id).await?;
+        let Some(data) = answer.data()? else {
+            return Ok(None);
+        };
+        let page = page_data(data)?;
+        Ok(page
+            .images
+            .iter()
+            .map(|raw| Record::view(raw))
+            .filter(|r| r.ownership(user) == Ownership::Owned)
+            .find(|r| r.image_url().as_deref() == Some(url))
+            .and_then(|r| {
+                Some(CreatedRecord {
+                    id: r.id()?,
+                    created_at: r.created_at().unwrap_or(Value::Null),
+                })
+            }))
+    }
+
+    /// The image URLs of every record of `user`, every page read.
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = user.as_str()))]
+    pub async fn all_image_urls(
+        &self,
+        user: &UserId,
+        request_id: &RequestId,
+    ) -> Result<Vec<String>, BddError> {
+        let mut urls = Vec::new();
+        for page_number in 1u64.. {
+            let answer = self
+                .page(user, page_number, READ_BACK_LIMIT, request_id)
+                .await?;
+            let Some(data) = answer.data()? else {
+                break;
+            };
+            let page = page_data(data)?;
+            let count = page.images.len() as u64;
+            urls.extend(
+                page.images
+                    .iter()
+                    .map(|raw| Record::view(raw))
+                    .filter(|r| r.ownership(user) == Ownership::Owned)
+                    .filter_map(|r| r.image_url().map(Cow::into_owned)),
+            );
+            if count < READ_BACK_LIMIT || page_number >= MAX_PAGES {
+                break;
+            }
+        }
+        Ok(urls)
+    }
+
+    async fn page(
+        &self,
+        user: &UserId,
+        page: u64,
+        limit: u64,
+        request_id: &RequestId,
+    ) -> Result<BddAnswer, BddError> {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("userId", user.as_str())
+            .append_pair("page", &page.to_string())
+            .append_pair("limit", &limit.to_string())
+            .finish();
+        self.call(
+            reqwest::Method::GET,
+            format!("/api/images?{query}"),
+            None,
+            request_id,
+            (Idempotent::Yes, Expect::Json),
+        )
+        .await
+    }
+
     /// `GET /api/images/{id}?userId&user_id`: one record, the caller's.
     #[tracing::instrument(level = "debug", skip_all, fields(image_id = id.as_str()))]
     pub async fn get_image(
@@ -511,7 +607,9 @@ impl BddClient {
             Err(BddError::Rejected { .. } | BddError::Refused(_) | BddError::Unsupported) => {
                 Outcome::Rejected
             }
-            Err(BddError::Failed(_) | BddError::NotOwned(_)) => Outcome::Failed,
+            Err(BddError::ServerError(_) | BddError::Failed(_) | BddError::NotOwned(_)) => {
+                Outcome::Failed
+            }
             Err(BddError::Unavailable(_)) => Outcome::Unavailable,
             Err(BddError::Timeout) => Outcome::Timeout,
         };
@@ -576,6 +674,14 @@ fn owner_query(user: &UserId) -> String {
         .finish()
 }
 
+/// A list page's `data`, which must be an object with an `images` array.
+fn page_data(data: &RawValue) -> Result<PageData<'_>, BddError> {
+    serde_json::from_str(data.get())
+        .ok()
+        .filter(|_| data.get().starts_with('{'))
+        .ok_or_else(|| BddError::Failed("data is not an object with an images array".into()))
+}
+
 /// The page of a list answer with only the caller's records.
 fn owned_page(answer: &BddAnswer, user: &UserId) -> Result<OwnedPage, BddError> {
     let Some(data) = answer.data()? else {
@@ -584,10 +690,7 @@ fn owned_page(answer: &BddAnswer, user: &UserId) -> Result<OwnedPage, BddError> 
             dropped: 0,
         });
     };
-    let page: PageData<'_> = serde_json::from_str(data.get())
-        .ok()
-        .filter(|_| data.get().starts_with('{'))
-        .ok_or_else(|| BddError::Failed("data is not an object with an images array".into()))?;
+    let page = page_data(data)?;
     let owned: Vec<bool> = page
         .images
         .iter()
@@ -647,6 +750,7 @@ fn classify(status: StatusCode, body: Bytes, expect: Expect) -> Result<BddAnswer
         }),
         (404, false) => Err(BddError::Unsupported),
         (400..=499, _) => Err(BddError::Refused(status)),
+        (500..=599, _) => Err(BddError::ServerError(status)),
         (_, _) => Err(BddError::Failed(format!("HTTP {}", status.as_u16()))),
     }
 }
@@ -695,14 +799,15 @@ mod tests {
             .unwrap_err(),
             BddError::Refused(StatusCode::UNAUTHORIZED)
         );
-        assert!(matches!(
+        assert_eq!(
             classify(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 json(r#"{"e":1}"#),
                 Expect::Json
-            ),
-            Err(BddError::Failed(_))
-        ));
+            )
+            .unwrap_err(),
+            BddError::ServerError(StatusCode::INTERNAL_SERVER_ERROR)
+        );
         assert!(matches!(
             classify(StatusCode::OK, json("OK"), Expect::Json),
             Err(BddError::Failed(_))

@@ -69,6 +69,25 @@ impl ObjectPath {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `name` in `user`'s folder, if it is named as this service names
+    /// images: `{unix-ms}_generated_{uuid}.{png|jpg|webp}`; with the time in
+    /// its name, in unix milliseconds.
+    pub fn own_image(user: &UserId, name: &str) -> Option<(Self, u64)> {
+        let (millis, rest) = name.split_once("_generated_")?;
+        let (id, extension) = rest.rsplit_once('.')?;
+        let well_formed = !millis.is_empty()
+            && millis.bytes().all(|b| b.is_ascii_digit())
+            && matches!(extension, "png" | "jpg" | "webp")
+            && uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id);
+        let millis = millis.parse().ok().filter(|_| well_formed)?;
+        Some((Self(format!("{}/{name}", user.as_str())), millis))
+    }
+
+    /// A path as stored (e.g. in a queue), trusted to be one this service made.
+    pub fn from_stored(path: String) -> Self {
+        Self(path)
+    }
 }
 
 impl std::fmt::Display for ObjectPath {
@@ -88,8 +107,16 @@ pub enum StorageError {
         /// Storage's message, which the client may be shown (shortened).
         message: String,
     },
-    /// Storage failed: a 5xx, an answer that is not JSON, or the connection
-    /// closed mid-call. The detail is for the log only.
+    /// Storage answered a 5xx. The detail is for the log only.
+    #[error("answered HTTP {status}: {detail}")]
+    ServerError {
+        /// The HTTP status.
+        status: u16,
+        /// Storage's own text.
+        detail: String,
+    },
+    /// An answer that is not Storage's JSON, or the connection closed
+    /// mid-call. The detail is for the log only.
     #[error("failed: {0}")]
     Failed(String),
     /// Storage could not be reached.
@@ -101,12 +128,22 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether the call may have done its work anyway (an upload that may
+    /// land): anything but a refusal or a connection never made.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Self::ServerError { .. } | Self::Failed(_) | Self::Timeout
+        )
+    }
+
     /// The word for `/api/ready`.
     pub fn fault(&self) -> UpstreamFault {
         match self {
             Self::Refused { status_code, .. } => {
                 UpstreamFault::Refused(status_code.parse().unwrap_or(400))
             }
+            Self::ServerError { status, .. } => UpstreamFault::Failed(*status),
             Self::Failed(_) => UpstreamFault::BadAnswer,
             Self::Unavailable(_) => UpstreamFault::Unreachable,
             Self::Timeout => UpstreamFault::Timeout,
@@ -122,6 +159,15 @@ impl From<Transport> for StorageError {
             Transport::Closed(detail) => Self::Failed(format!("connection closed: {detail}")),
         }
     }
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListEntry {
+    /// The name inside the listed folder.
+    pub name: String,
+    /// The object's id; `None` for a sub-folder.
+    pub id: Option<String>,
 }
 
 /// Storage's error body: `{"statusCode":"409","error":"Duplicate","message":"…"}`.
@@ -218,6 +264,33 @@ impl StorageClient {
         }
     }
 
+    /// One page of the entries directly in the folder `prefix` (`""`: the
+    /// top-level folders), sorted by name: objects carry an id, sub-folders
+    /// none.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        limit: usize,
+        offset: usize,
+        request_id: &RequestId,
+    ) -> Result<Vec<ListEntry>, StorageError> {
+        let request = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/object/list/{}", self.bucket),
+                request_id,
+            )
+            .json(&serde_json::json!({
+                "prefix": prefix,
+                "limit": limit,
+                "offset": offset,
+                "sortBy": {"column": "name", "order": "asc"},
+            }));
+        let body = self.send(request).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| StorageError::Failed(format!("listing is not an array of entries: {e}")))
+    }
+
     /// Whether Storage answers for the bucket (readiness).
     pub async fn check_bucket(&self, request_id: &RequestId) -> Result<(), StorageError> {
         let request = self.request(
@@ -248,7 +321,7 @@ impl StorageClient {
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(StorageError::Refused { .. }) => Outcome::Rejected,
-            Err(StorageError::Failed(_)) => Outcome::Failed,
+            Err(StorageError::ServerError { .. } | StorageError::Failed(_)) => Outcome::Failed,
             Err(StorageError::Unavailable(_)) => Outcome::Unavailable,
             Err(StorageError::Timeout) => Outcome::Timeout,
         };
@@ -303,6 +376,11 @@ fn classify_failure(status: StatusCode, body: &[u8]) -> StorageError {
             status_code: logical,
             message,
         }
+    } else if status.is_server_error() {
+        StorageError::ServerError {
+            status: status.as_u16(),
+            detail: format!("({logical}) {message}"),
+        }
     } else {
         StorageError::Failed(format!("HTTP {} ({logical}): {message}", status.as_u16()))
     }
@@ -342,7 +420,7 @@ mod tests {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 br#"{"statusCode":"500","error":"internal","message":"db at 10.0.0.3"}"#
             ),
-            StorageError::Failed(_)
+            StorageError::ServerError { status: 500, .. }
         ));
     }
 
@@ -366,6 +444,32 @@ mod tests {
             "https://evil.test/storage/v1/object/public/images/user_1/a.png".to_string(),
         ] {
             assert_eq!(ObjectPath::from_url(&bad, prefix, &owner), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn own_names_are_recognised_and_others_are_not() {
+        let user = UserId::parse("user_1").unwrap();
+        let id = "0b7c1d9e-6f3a-4a57-9b2c-1e2d3f4a5b6c";
+        let (path, millis) =
+            ObjectPath::own_image(&user, &format!("1718000000000_generated_{id}.png")).unwrap();
+        assert_eq!(
+            path.as_str(),
+            format!("user_1/1718000000000_generated_{id}.png")
+        );
+        assert_eq!(millis, 1_718_000_000_000);
+        for foreign in [
+            format!("1718_generated_{id}.gif"),
+            format!("x1718_generated_{id}.png"),
+            format!("_generated_{id}.png"),
+            "1718_generated_not-a-uuid.png".to_owned(),
+            format!("1718_generated_{}.png", id.to_uppercase()),
+            "avatar.png".to_owned(),
+        ] {
+            assert!(
+                ObjectPath::own_image(&user, &foreign).is_none(),
+                "{foreign}"
+            );
         }
     }
 

@@ -4,7 +4,7 @@
 //! from `/proc/<pid>/status`; the figures are printed for SECURITY.md.
 //!
 //! A test binary of its own, so its measurements never share the machine
-//! with the rest of the suite; the measuring tests also run one at a time.
+//! with the rest of the suite; its tests also run one at a time.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 mod helpers;
 use helpers::*;
 
-/// Held by each test that measures time or memory: one at a time.
+/// Held by every test here: what one measures is never shared with another.
 static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const BIN: &str = env!("CARGO_BIN_EXE_image-service");
@@ -300,6 +300,7 @@ where
 
 #[tokio::test]
 async fn a_content_length_over_the_limit_is_refused_before_100_continue() {
+    let _measuring = MEASURING.lock().await;
     // Arrange
     let stand_ins = spawn_app().await;
     let service = Binary::start(&stand_ins, &[]).await;
@@ -505,6 +506,7 @@ async fn a_body_slower_than_the_minimum_rate_is_cut_with_408_and_frees_its_slot(
 
 #[tokio::test]
 async fn metadata_of_16_kib_and_16_levels_is_accepted_and_one_more_is_refused() {
+    let _measuring = MEASURING.lock().await;
     let app = spawn_app().await;
     let token = app.token("user_meta");
     let post = |metadata: Value| {
@@ -549,6 +551,7 @@ async fn metadata_of_16_kib_and_16_levels_is_accepted_and_one_more_is_refused() 
 
 #[tokio::test]
 async fn a_rejected_prompt_over_4_kib_is_not_echoed() {
+    let _measuring = MEASURING.lock().await;
     let app = spawn_app().await;
     let answer = app
         .post_image(
@@ -601,6 +604,7 @@ fn unprovable_records() -> Vec<(&'static str, String)> {
 
 #[tokio::test]
 async fn a_record_whose_owner_cannot_be_proven_is_answered_404_on_get_patch_and_delete() {
+    let _measuring = MEASURING.lock().await;
     let app = spawn_app().await;
     let token = app.token("user_a");
     for (case, record) in unprovable_records() {
@@ -641,6 +645,7 @@ async fn a_record_whose_owner_cannot_be_proven_is_answered_404_on_get_patch_and_
 
 #[tokio::test]
 async fn a_record_answer_whose_data_is_not_an_object_is_a_bad_gateway() {
+    let _measuring = MEASURING.lock().await;
     let app = spawn_app().await;
     let token = app.token("user_a");
     for data in [r#"[{"userId":"user_a"}]"#, r#""user_a""#, "null"] {
@@ -661,6 +666,7 @@ async fn a_record_answer_whose_data_is_not_an_object_is_a_bad_gateway() {
 
 #[tokio::test]
 async fn a_list_keeps_only_records_proven_to_be_the_callers() {
+    let _measuring = MEASURING.lock().await;
     let app = spawn_app().await;
     let token = app.token("user_a");
     let mut images = vec![r#"{"id":"mine","userId":"user_a"}"#.to_owned()];
@@ -687,6 +693,7 @@ async fn a_list_keeps_only_records_proven_to_be_the_callers() {
 
 #[tokio::test]
 async fn a_list_whose_images_are_not_an_array_is_a_bad_gateway() {
+    let _measuring = MEASURING.lock().await;
     let app = spawn_app().await;
     let token = app.token("user_a");
     for data in [
@@ -712,6 +719,7 @@ async fn a_list_whose_images_are_not_an_array_is_a_bad_gateway() {
 
 #[tokio::test]
 async fn a_storage_5xx_message_is_never_quoted_to_the_client() {
+    let _measuring = MEASURING.lock().await;
     let app = spawn_app().await;
     let internal = "connect ECONNREFUSED db-internal.prod.example:5432 at /var/lib/storage arn:aws:s3:::secret-bucket";
     app.storage.inject(
@@ -739,6 +747,7 @@ async fn a_storage_5xx_message_is_never_quoted_to_the_client() {
 
 #[tokio::test]
 async fn a_storage_refusal_is_quoted_to_200_characters() {
+    let _measuring = MEASURING.lock().await;
     let app = spawn_app().await;
     let long = "é".repeat(300);
     app.storage.inject(
@@ -768,6 +777,7 @@ async fn a_storage_refusal_is_quoted_to_200_characters() {
 
 #[tokio::test]
 async fn a_bdd_4xx_body_is_reduced_to_its_short_error() {
+    let _measuring = MEASURING.lock().await;
     let app = spawn_app().await;
     let token = app.token("user_a");
     let cases = [

@@ -1,0 +1,440 @@
+//! `Idempotency-Key` on creates (contract §7): a create a client retries
+//! with its key happens once.
+//!
+//! A key belongs to the user who sent it and is remembered from its first
+//! use for `IDEMPOTENCY_TTL_SECS`. The store behind [`IdempotencyStore`] is
+//! in process here ([`MemoryStore`], bounded); a shared one lets a retry
+//! reach any instance.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::UserId;
+
+/// `Idempotency-Key`.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// `Idempotent-Replayed`, set on a replayed answer.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// A client's idempotency key: 1 to 255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Checks a header value.
+    pub fn parse(raw: &[u8]) -> Option<Self> {
+        let visible = (1..=255).contains(&raw.len()) && raw.iter().all(u8::is_ascii_graphic);
+        // Visible ASCII is UTF-8.
+        visible.then(|| Self(String::from_utf8_lossy(raw).into_owned()))
+    }
+
+    /// The key as sent.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The SHA-256 of a request body: what "the same request" means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// Digests `body`.
+    pub fn of(body: &[u8]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, body);
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        Self(bytes)
+    }
+
+    /// Lowercase hex, for stores that keep text.
+    pub fn to_hex(self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A create attempt whose record may or may not exist: the object it
+/// uploaded and the public URL it sent to the BDD.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undecided {
+    /// The object path in the bucket.
+    pub path: String,
+    /// The public URL the record would carry.
+    pub url: String,
+}
+
+/// What the store says about a key, for a request with `fingerprint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// First use (or the key was free again): the caller now holds it.
+    Fresh,
+    /// The first request finished with `201`: this is its body.
+    Replay(Bytes),
+    /// A request with this key is running now.
+    InFlight,
+    /// The key was used for another request body.
+    Mismatch,
+    /// An earlier attempt left its outcome unknown: the caller now holds
+    /// the key and must settle that attempt first.
+    Settle(Undecided),
+}
+
+/// The key store cannot be reached: a keyed create must not run (it could
+/// duplicate an image).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("idempotency store unavailable: {0}")]
+pub struct StoreDown(pub String);
+
+/// Where keys are remembered.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Claims `key` of `user` for a request with `fingerprint`; while held,
+    /// other requests with it get [`Claim::InFlight`] until `lease` passes.
+    async fn claim(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreDown>;
+
+    /// The held key's request answered `201` with `body`: remember it.
+    async fn complete(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+        body: Bytes,
+    ) -> Result<(), StoreDown>;
+
+    /// The held key's request failed with a known outcome: the key is free again.
+    async fn release(&self, user: &UserId, key: &IdempotencyKey) -> Result<(), StoreDown>;
+
+    /// The held key's request failed leaving `attempt` undecided: a retry settles it first.
+    async fn leave_undecided(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+        attempt: Undecided,
+    ) -> Result<(), StoreDown>;
+
+    /// Whether the store answers (readiness); an in-process store always does.
+    async fn ping(&self) -> Result<(), StoreDown>;
+}
+
+/// The state of a remembered key.
+#[derive(Debug, Clone)]
+enum State {
+    /// Held by a running request until the lease ends.
+    Running {
+        until: Instant,
+    },
+    Done(Bytes),
+    Undecided(Undecided),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    fingerprint: Fingerprint,
+    state: State,
+    expires: Instant,
+}
+
+impl Entry {
+    fn weight(&self) -> usize {
+        match &self.state {
+            State::Done(body) => body.len() + 160,
+            State::Undecided(u) => u.path.len() + u.url.len() + 160,
+            State::Running { .. } => 160,
+        }
+    }
+}
+
+/// Keys remembered in this process, bounded: at most `max_keys` keys and
+/// `max_bytes` of remembered answers. When full, the entries nearest their
+/// expiry are forgotten first (their retries would run afresh).
+pub struct MemoryStore {
+    ttl: Duration,
+    max_keys: usize,
+    max_bytes: usize,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    map: HashMap<(UserId, IdempotencyKey), Entry>,
+    bytes: usize,
+}
+
+impl Entries {
+    fn insert(&mut self, at: (UserId, IdempotencyKey), entry: Entry) {
+        self.bytes += entry.weight();
+        if let Some(old) = self.map.insert(at, entry) {
+            self.bytes -= old.weight();
+        }
+    }
+
+    fn remove(&mut self, at: &(UserId, IdempotencyKey)) {
+        if let Some(old) = self.map.remove(at) {
+            self.bytes -= old.weight();
+        }
+    }
+}
+
+/// Keys remembered at most, by default.
+pub const MEMORY_MAX_KEYS: usize = 100_000;
+/// Bytes of remembered answers at most, by default.
+pub const MEMORY_MAX_BYTES: usize = 64 << 20;
+
+impl MemoryStore {
+    /// A store remembering keys for `ttl`, within the default bounds.
+    pub fn new(ttl: Duration) -> Self {
+        Self::bounded(ttl, MEMORY_MAX_KEYS, MEMORY_MAX_BYTES)
+    }
+
+    /// A store with explicit bounds.
+    pub fn bounded(ttl: Duration, max_keys: usize, max_bytes: usize) -> Self {
+        Self {
+            ttl,
+            max_keys,
+            max_bytes,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes room for one more entry: expired ones go, then the oldest.
+    fn make_room(&self, entries: &mut Entries, now: Instant) {
+        if entries.map.len() < self.max_keys && entries.bytes < self.max_bytes {
+            return;
+        }
+        let expired: Vec<_> = entries
+            .map
+            .iter()
+            .filter(|(_, e)| e.expires <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            entries.remove(&key);
+        }
+        while entries.map.len() >= self.max_keys || entries.bytes >= self.max_bytes {
+            let Some(oldest) = entries
+                .map
+                .iter()
+                .filter(|(_, e)| !matches!(e.state, State::Running { .. }))
+                .min_by_key(|(_, e)| e.expires)
+                .map(|(k, _)| k.clone())
+            else {
+                return;
+            };
+            tracing::warn!("idempotency store full: forgetting the oldest key");
+            entries.remove(&oldest);
+        }
+    }
+
+    fn set(&self, user: &UserId, key: &IdempotencyKey, state: State) {
+        let mut entries = self.lock();
+        let at = (user.clone(), key.clone());
+        if let Some(entry) = entries.map.get(&at).cloned() {
+            entries.insert(at, Entry { state, ..entry });
+        }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryStore {
+    async fn claim(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreDown> {
+        let now = Instant::now();
+        let mut entries = self.lock();
+        let at = (user.clone(), key.clone());
+        let held = Entry {
+            fingerprint,
+            state: State::Running { until: now + lease },
+            expires: now + self.ttl,
+        };
+        let current = entries.map.get(&at).filter(|e| e.expires > now).cloned();
+        let Some(entry) = current else {
+            entries.remove(&at);
+            self.make_room(&mut entries, now);
+            if entries.map.len() >= self.max_keys {
+                return Err(StoreDown(
+                    "in-process key store full of running requests".into(),
+                ));
+            }
+            entries.insert(at, held);
+            return Ok(Claim::Fresh);
+        };
+        if entry.fingerprint != fingerprint {
+            return Ok(Claim::Mismatch);
+        }
+        match entry.state {
+            State::Done(body) => Ok(Claim::Replay(body)),
+            State::Running { until } if until > now => Ok(Claim::InFlight),
+            // A lease that ended without an outcome: its request died; run afresh.
+            State::Running { .. } => {
+                entries.insert(
+                    at,
+                    Entry {
+                        expires: entry.expires,
+                        ..held
+                    },
+                );
+                Ok(Claim::Fresh)
+            }
+            State::Undecided(attempt) => {
+                entries.insert(
+                    at,
+                    Entry {
+                        expires: entry.expires,
+                        ..held
+                    },
+                );
+                Ok(Claim::Settle(attempt))
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+        body: Bytes,
+    ) -> Result<(), StoreDown> {
+        self.set(user, key, State::Done(body));
+        Ok(())
+    }
+
+    async fn release(&self, user: &UserId, key: &IdempotencyKey) -> Result<(), StoreDown> {
+        self.lock().remove(&(user.clone(), key.clone()));
+        Ok(())
+    }
+
+    async fn leave_undecided(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+        attempt: Undecided,
+    ) -> Result<(), StoreDown> {
+        self.set(user, key, State::Undecided(attempt));
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreDown> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    fn key(text: &str) -> IdempotencyKey {
+        IdempotencyKey::parse(text.as_bytes()).unwrap()
+    }
+
+    const LEASE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn keys_are_1_to_255_visible_ascii_characters() {
+        assert!(IdempotencyKey::parse(b"a").is_some());
+        assert!(IdempotencyKey::parse("k".repeat(255).as_bytes()).is_some());
+        for bad in [&b""[..], &[b'k'; 256][..], b"a b", b"caf\xc3\xa9", b"tab\t"] {
+            assert!(IdempotencyKey::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_runs_once_replays_its_201_and_refuses_another_body() {
+        let store = MemoryStore::new(Duration::from_secs(60));
+        let (a, k) = (user("user_a"), key("k1"));
+        let body = Fingerprint::of(b"body");
+        assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::Fresh));
+        assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::InFlight));
+        assert_eq!(
+            store.claim(&a, &k, Fingerprint::of(b"other"), LEASE).await,
+            Ok(Claim::Mismatch)
+        );
+        store
+            .complete(&a, &k, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim(&a, &k, body, LEASE).await,
+            Ok(Claim::Replay(Bytes::from_static(b"{}")))
+        );
+        assert_eq!(
+            store.claim(&user("user_b"), &k, body, LEASE).await,
+            Ok(Claim::Fresh),
+            "keys are per user"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_frees_the_key_and_an_undecided_one_is_settled_first() {
+        let store = MemoryStore::new(Duration::from_secs(60));
+        let (a, k, body) = (user("user_a"), key("k1"), Fingerprint::of(b"body"));
+        store.claim(&a, &k, body, LEASE).await.unwrap();
+        store.release(&a, &k).await.unwrap();
+        assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::Fresh));
+        let attempt = Undecided {
+            path: "user_a/1_generated_x.png".into(),
+            url: "http://s/user_a/1_generated_x.png".into(),
+        };
+        store
+            .leave_undecided(&a, &k, attempt.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim(&a, &k, body, LEASE).await,
+            Ok(Claim::Settle(attempt))
+        );
+        assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::InFlight));
+    }
+
+    #[tokio::test]
+    async fn keys_expire_and_a_dead_lease_runs_afresh() {
+        let store = MemoryStore::new(Duration::from_millis(30));
+        let (a, k, body) = (user("user_a"), key("k1"), Fingerprint::of(b"body"));
+        store
+            .claim(&a, &k, body, Duration::from_millis(10))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::Fresh));
+        store.complete(&a, &k, Bytes::new()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::Fresh));
+    }
+
+    #[tokio::test]
+    async fn the_store_stays_within_its_bounds() {
+        let store = MemoryStore::bounded(Duration::from_secs(60), 10, 1 << 20);
+        let body = Fingerprint::of(b"body");
+        for i in 0..50 {
+            let (a, k) = (user("user_a"), key(&format!("k{i}")));
+            assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::Fresh));
+            store
+                .complete(&a, &k, Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+        }
+        assert!(store.lock().map.len() <= 10);
+    }
+}
