@@ -69,21 +69,6 @@ async fn validation_details(response: reqwest::Response) -> Vec<Value> {
         .clone()
 }
 
-/// Asserts `{"success":false,"error":message}` with this status.
-async fn assert_error(response: reqwest::Response, status: u16, message: &str) {
-    assert_eq!(response.status(), status, "status");
-    let body = json_body(response).await;
-    assert_eq!(body, json!({"success": false, "error": message}));
-}
-
-fn header(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
 fn cors_header_names(response: &reqwest::Response) -> Vec<String> {
     response
         .headers()
@@ -114,7 +99,7 @@ fn is_uuid(s: &str) -> bool {
 /// A raw HTTP/1.1 request, so paths like `/api/images/..` reach the service
 /// as written (URL libraries normalise dot segments away).
 async fn raw_request(app: &TestApp, method: &str, path: &str, token: &str) -> (u16, Value) {
-    let host = app.address.trim_start_matches("http://");
+    let host = app.host();
     let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
@@ -408,11 +393,7 @@ async fn a_prompt_of_1000_multibyte_characters_is_accepted() {
 
     // Assert
     assert_eq!(response.status(), 201);
-    let creates: Vec<_> = app
-        .bdd_calls()
-        .into_iter()
-        .filter(|r| r.method == Method::POST)
-        .collect();
+    let creates = calls(&app.bdd_calls(), &Method::POST);
     assert_eq!(creates.len(), 1);
     assert_eq!(creates[0].json()["prompt"], json!(prompt));
 }
@@ -511,11 +492,7 @@ async fn a_png_data_url_prefix_is_accepted_and_stripped() {
 
     // Assert
     assert_eq!(response.status(), 201);
-    let uploads: Vec<_> = app
-        .storage_calls()
-        .into_iter()
-        .filter(|r| r.method == Method::POST)
-        .collect();
+    let uploads = calls(&app.storage_calls(), &Method::POST);
     assert_eq!(uploads.len(), 1);
     assert_eq!(uploads[0].body.as_ref(), png_bytes(64).as_slice());
     assert_eq!(uploads[0].header("content-type"), Some("image/png"));
@@ -1269,16 +1246,12 @@ async fn a_request_in_flight_completes_when_the_service_stops_and_new_connection
     );
     let client = app.client.clone();
     let url = format!("{}/api/images", app.address);
-    let host = app.address.trim_start_matches("http://").to_owned();
+    let host = app.host().to_owned();
     let in_flight = tokio::spawn(async move { client.get(url).bearer_auth(token).send().await });
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while app.bdd_calls().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the request never reached the BDD"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the request to reach the BDD", || {
+        !app.bdd_calls().is_empty()
+    })
+    .await;
 
     // Act
     let stopping = tokio::time::timeout(Duration::from_secs(3), app.stop()).await;

@@ -8,14 +8,6 @@ use stand_ins::{Fault, FaultRule};
 
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_image-service");
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("image-service-{name}-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Starts the built binary against `stand_ins`' upstreams on a free port and
 /// waits until it answers; returns it and its base URL.
 async fn start_binary(
@@ -23,11 +15,7 @@ async fn start_binary(
     name: &str,
     stdout: Stdio,
 ) -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = tokio::process::Command::new(BIN)
         .current_dir(temp_dir(name))
         .env_clear()

@@ -3,12 +3,14 @@
 #![allow(dead_code)] // each test area uses its own subset
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Once;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use image_service::app::App;
 use image_service::config::Config;
+use jsonwebtoken::{Algorithm, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
 use stand_ins::{
@@ -23,6 +25,12 @@ pub const SERVICE_KEY: &str = "test-service-role-key";
 pub const FRONTEND: &str = "http://localhost:3000";
 /// The bucket.
 pub const BUCKET: &str = "images";
+/// The built service, for tests that run it as a process.
+pub const BIN: &str = env!("CARGO_BIN_EXE_image-service");
+/// The 401 answer's message for a token that fails verification (contract §2).
+pub const INVALID_TOKEN: &str = "Token d'authentification Clerk invalide";
+/// The 503 answer's message when no signing key can be had (contract §2).
+pub const AUTH_UNAVAILABLE: &str = "Service d'authentification indisponible";
 
 /// A running service with its stand-ins.
 pub struct TestApp {
@@ -172,9 +180,14 @@ impl TestApp {
         self.clerk.mint(sub)
     }
 
+    /// Valid claims for `sub` from the Clerk stand-in's issuer, to sign by hand.
+    pub fn claims(&self, sub: &str) -> Value {
+        standard_claims(&self.clerk.issuer(), sub, Duration::from_secs(3600))
+    }
+
     /// A token with these claims on top of valid ones (null removes a claim).
     pub fn token_with(&self, sub: &str, extra: Value) -> String {
-        let mut claims = standard_claims(&self.clerk.issuer(), sub, Duration::from_secs(3600));
+        let mut claims = self.claims(sub);
         if let (Some(map), Value::Object(extra)) = (claims.as_object_mut(), extra) {
             for (k, v) in extra {
                 if v.is_null() {
@@ -185,6 +198,11 @@ impl TestApp {
             }
         }
         self.clerk.mint_claims(&claims)
+    }
+
+    /// `127.0.0.1:PORT`, for raw TCP clients.
+    pub fn host(&self) -> &str {
+        self.address.trim_start_matches("http://")
     }
 
     /// A request to the service.
@@ -281,24 +299,89 @@ pub fn png_base64(size: usize) -> String {
     base64::engine::general_purpose::STANDARD.encode(png_bytes(size))
 }
 
+/// A header of an answer as text (`None` when absent or not text).
+pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// Reads an answer as JSON, checking its content type.
 pub async fn json_body(response: reqwest::Response) -> Value {
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = header(&response, "content-type").unwrap_or_default();
     assert_eq!(content_type, "application/json; charset=utf-8");
     response.json().await.expect("a JSON body")
 }
 
+/// Asserts `{"success":false,"error":message}` with this status.
+pub async fn assert_error(response: reqwest::Response, status: u16, message: &str) {
+    assert_eq!(response.status(), status, "status");
+    let body = json_body(response).await;
+    assert_eq!(body, json!({"success": false, "error": message}));
+}
+
+/// Asserts the "invalid token" 401 of contract §2: its challenge header and
+/// its exact body (nothing of the token echoed back).
+pub async fn assert_invalid_token(response: reqwest::Response, case: &str) {
+    assert_eq!(response.status(), 401, "{case}");
+    assert_eq!(
+        header(&response, "www-authenticate").as_deref(),
+        Some(r#"Bearer error="invalid_token""#),
+        "{case}"
+    );
+    assert_eq!(
+        json_body(response).await,
+        json!({"success": false, "error": INVALID_TOKEN}),
+        "{case}"
+    );
+}
+
+/// An RS256 JWT header with this `kid`, for tokens signed by hand.
+pub fn rs256_header(kid: &str) -> Header {
+    let mut header = Header::new(Algorithm::RS256);
+    header.typ = Some("JWT".into());
+    header.kid = Some(kid.into());
+    header
+}
+
+/// Polls `condition` every 10 ms until it holds, failing after 3 s.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits for the start-up key load, proves a valid token works, and returns
+/// the JWKS fetch count from then on (recorded BDD calls are cleared).
+pub async fn jwks_baseline(app: &TestApp) -> usize {
+    wait_until("the start-up JWKS fetch", || app.jwks_fetches() >= 1).await;
+    // The fetch was received; a valid request proves its answer is installed.
+    let response = app.get("/api/images", &app.token("warm_up")).await;
+    assert_eq!(response.status(), 200, "warm-up request");
+    app.bdd.clear_requests();
+    app.jwks_fetches()
+}
+
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
 /// A port nothing listens on (connections are refused).
 pub fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+/// A new empty directory, for a process that must not see this repository's `.env`.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("image-service-{name}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
 
 /// The recorded requests with this method.

@@ -382,12 +382,7 @@ impl Seen {
             }
         }
 
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let content_type = header(&response, "content-type").unwrap_or_default();
         let text = response.text().await.expect("a body");
         let Some(content) = documented["content"].as_object() else {
             assert!(text.is_empty(), "{context}: undocumented body {text}");

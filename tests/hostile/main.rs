@@ -22,7 +22,6 @@ use helpers::*;
 /// Held by each test that measures time or memory: one at a time.
 static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const BIN: &str = env!("CARGO_BIN_EXE_image-service");
 const MIB: u64 = 1024 * 1024;
 
 /// The built binary, against `stand_ins`' upstreams, on a free port.
@@ -34,11 +33,7 @@ struct Binary {
 
 impl Binary {
     async fn start(stand_ins: &TestApp, env: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut command = tokio::process::Command::new(BIN);
         command
             .current_dir(std::env::temp_dir())
