@@ -25,6 +25,8 @@ pub const SERVICE_KEY: &str = "test-service-role-key";
 pub const FRONTEND: &str = "http://localhost:3000";
 /// The bucket.
 pub const BUCKET: &str = "images";
+/// A well-formed image id (cuid style) that no record has.
+pub const CUID: &str = "clx2k9abc0000qwerty123456";
 /// The built service, for tests that run it as a process.
 pub const BIN: &str = env!("CARGO_BIN_EXE_image-service");
 /// The 401 answer's message for a token that fails verification (contract §2).
