@@ -1,30 +1,19 @@
-//! `spawn_app()`: the production wiring on a random port, against in-process
-//! stand-ins of Clerk, Storage and the BDD service on their own random ports.
+//! What the API tests share: the start-up of `tests/common` (re-exported
+//! here, so a test file needs one `use crate::helpers::*`), typed requests
+//! on [`TestApp`], and the assertions several test files make.
 #![allow(dead_code)] // each test area uses its own subset
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use image_service::app::App;
-use image_service::config::Config;
 use jsonwebtoken::{Algorithm, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
-use stand_ins::{
-    standard_claims, test_key, BddOptions, BddStandIn, ClerkStandIn, RecordedRequest,
-    StorageOptions, StorageStandIn,
-};
-use tokio::sync::oneshot;
+use stand_ins::{standard_claims, RecordedRequest};
 
-/// The service key the Storage stand-in accepts.
-pub const SERVICE_KEY: &str = "test-service-role-key";
-/// The frontend origin allowed by default.
-pub const FRONTEND: &str = "http://localhost:3000";
-/// The bucket.
-pub const BUCKET: &str = "images";
+pub use crate::common::*;
+
 /// A well-formed image id (cuid style) that no record has.
 pub const CUID: &str = "clx2k9abc0000qwerty123456";
 /// The built service, for tests that run it as a process.
@@ -34,149 +23,7 @@ pub const INVALID_TOKEN: &str = "Token d'authentification Clerk invalide";
 /// The 503 answer's message when no signing key can be had (contract §2).
 pub const AUTH_UNAVAILABLE: &str = "Service d'authentification indisponible";
 
-/// A running service with its stand-ins.
-pub struct TestApp {
-    /// `http://127.0.0.1:PORT`.
-    pub address: String,
-    /// A plain client (no redirects, no default headers).
-    pub client: reqwest::Client,
-    /// Local Clerk.
-    pub clerk: ClerkStandIn,
-    /// Local Storage.
-    pub storage: StorageStandIn,
-    /// Local BDD.
-    pub bdd: BddStandIn,
-    /// The configuration the service runs with.
-    pub config: Config,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-/// Knobs for one test.
-pub struct TestOptions {
-    /// BDD stand-in options (port is ignored).
-    pub bdd: BddOptions,
-    /// Environment variables on top of the stand-ins' (e.g. `MAX_IMAGE_BYTES`).
-    pub env: Vec<(String, String)>,
-    /// Last-minute change to the parsed configuration.
-    pub tweak: Box<dyn FnOnce(&mut Config) + Send>,
-}
-
-impl Default for TestOptions {
-    fn default() -> Self {
-        Self {
-            bdd: BddOptions::new(),
-            env: Vec::new(),
-            tweak: Box::new(|_| {}),
-        }
-    }
-}
-
-impl TestOptions {
-    /// Adds an environment variable.
-    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.env.push((name.into(), value.into()));
-        self
-    }
-
-    /// Changes the configuration after parsing.
-    pub fn tweak(mut self, f: impl FnOnce(&mut Config) + Send + 'static) -> Self {
-        self.tweak = Box::new(f);
-        self
-    }
-
-    /// Uses these BDD options.
-    pub fn bdd(mut self, bdd: BddOptions) -> Self {
-        self.bdd = bdd;
-        self
-    }
-}
-
-fn init_logs() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            // Kept for the whole test process.
-            std::mem::forget(image_service::telemetry::init(
-                "info,image_service=debug",
-                image_service::config::LogFormat::Pretty,
-            ));
-        }
-    });
-}
-
-/// The service with default options.
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(TestOptions::default()).await
-}
-
-/// The service with `options`.
-pub async fn spawn_app_with(options: TestOptions) -> TestApp {
-    init_logs();
-    let clerk = ClerkStandIn::start(vec![test_key(0)], 0)
-        .await
-        .expect("clerk stand-in");
-    let storage = StorageStandIn::start(StorageOptions::new(SERVICE_KEY))
-        .await
-        .expect("storage stand-in");
-    let mut bdd_options = options.bdd;
-    bdd_options.port = 0;
-    let bdd = BddStandIn::start(bdd_options).await.expect("bdd stand-in");
-
-    let mut env: HashMap<String, String> = HashMap::from([
-        ("HOST".into(), "127.0.0.1".into()),
-        ("PORT".into(), "0".into()),
-        ("CLERK_ISSUER".into(), clerk.issuer()),
-        ("SUPABASE_URL".into(), storage.url()),
-        ("SUPABASE_SERVICE_ROLE_KEY".into(), SERVICE_KEY.into()),
-        ("BDD_SERVICE_URL".into(), bdd.url()),
-        ("UPSTREAM_TIMEOUT_MS".into(), "2000".into()),
-        ("UPLOAD_TIMEOUT_MS".into(), "2000".into()),
-    ]);
-    env.extend(options.env);
-    let mut config = Config::from_lookup(|name| env.get(name).cloned()).expect("test config");
-    (options.tweak)(&mut config);
-
-    let app = App::build(config.clone()).await.expect("app builds");
-    let address = format!("http://{}", app.local_addr());
-    let (tx, rx) = oneshot::channel();
-    let server = tokio::spawn(app.run_until(async {
-        let _ = rx.await;
-    }));
-    TestApp {
-        address,
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client"),
-        clerk,
-        storage,
-        bdd,
-        config,
-        shutdown: Some(tx),
-        server: Some(server),
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
 impl TestApp {
-    /// Stops the service gracefully and waits for it.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.expect("server task").expect("server ran");
-        }
-    }
-
     /// A valid token for `sub`, signed by the Clerk stand-in's first key.
     pub fn token(&self, sub: &str) -> String {
         self.clerk.mint(sub)

@@ -1,6 +1,8 @@
 //! Integration tests: the service over real HTTP on loopback, its upstreams as
 //! in-process stand-ins that record what they were sent.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod helpers;
 
 mod abuse;

@@ -15,6 +15,8 @@ use stand_ins::{Fault, FaultRule};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+#[path = "../common/mod.rs"]
+mod common;
 #[path = "../api/helpers.rs"]
 mod helpers;
 use helpers::*;
