@@ -192,8 +192,8 @@ async fn unreadable_key_set_bodies_never_replace_the_keys_held() {
 
 /// A set that parses but holds no usable key is a failed refresh too (the
 /// contract: "a failed refresh keeps the old keys"; Clerk never publishes an
-/// empty set). Today it replaces the keys held, locking every user out until
-/// the next good fetch: see SECURITY.md, open findings.
+/// empty set). It once replaced the keys held, locking every user out until
+/// the next good fetch: see SECURITY.md, fixed findings.
 #[tokio::test]
 async fn key_sets_without_a_usable_key_never_replace_the_keys_held() {
     refetch_keeps_the_keys_held(vec![
