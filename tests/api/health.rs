@@ -36,18 +36,6 @@ async fn ready(app: &TestApp) -> (u16, Value) {
     (status, json_body(response).await)
 }
 
-/// Polls `/api/ready` until the key set is reported loaded (or a deadline).
-async fn ready_once_keys_loaded(app: &TestApp) -> (u16, Value) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let (status, body) = ready(app).await;
-        if body["checks"]["auth"] == json!("ok") || Instant::now() > deadline {
-            return (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ---------------------------------------------------------------- health
 
 #[tokio::test]

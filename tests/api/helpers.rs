@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test area uses its own subset
 
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -240,4 +241,63 @@ pub fn calls(requests: &[RecordedRequest], method: &Method) -> Vec<RecordedReque
         .filter(|r| r.method == *method)
         .cloned()
         .collect()
+}
+
+/// Starts the built binary against `stand_ins`' upstreams on a free port, in
+/// a directory of its own (no stray `.env`), with `env` on top, and waits
+/// until it answers; returns it and its base URL.
+pub async fn start_binary(
+    stand_ins: &TestApp,
+    name: &str,
+    stdout: Stdio,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
+    let port = free_port();
+    let child = tokio::process::Command::new(BIN)
+        .current_dir(temp_dir(name))
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("CLERK_ISSUER", stand_ins.clerk.issuer())
+        .env("SUPABASE_URL", stand_ins.storage.url())
+        .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
+        .env("BDD_SERVICE_URL", stand_ins.bdd.url())
+        .envs(env.iter().copied())
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "binary did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base)
+}
+
+/// `/api/ready`'s status and body once the key set is reported loaded (or
+/// after 3 s): the start-up key fetch runs beside the first requests.
+pub async fn ready_once_keys_loaded(app: &TestApp) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let response = app
+            .request(Method::GET, "/api/ready")
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        let body = json_body(response).await;
+        if body["checks"]["auth"] == json!("ok") || Instant::now() > deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

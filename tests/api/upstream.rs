@@ -411,10 +411,7 @@ async fn a_given_request_id_is_echoed_and_sent_on_the_upload_and_the_bdd_create(
     // Assert
     assert_eq!(response.status(), 201);
     assert_eq!(
-        response
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok()),
+        header(&response, "x-request-id").as_deref(),
         Some("req-abc-123")
     );
     assert_eq!(uploads(&app)[0].header("x-request-id"), Some("req-abc-123"));
@@ -437,20 +434,12 @@ async fn a_generated_request_id_is_the_one_sent_on_every_upstream_call() {
             &json!({"prompt": "a cat", "imageData": png_base64(64)}),
         )
         .await;
-    let create_id = created
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let create_id = header(&created, "x-request-id");
     let create_calls = (app.storage_calls(), app.bdd_calls());
     app.storage.clear_requests();
     app.bdd.clear_requests();
     let deleted = app.delete(&format!("/api/images/{id}"), &token).await;
-    let delete_id = deleted
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let delete_id = header(&deleted, "x-request-id");
 
     // Assert
     assert_eq!(created.status(), 201);

@@ -35,31 +35,16 @@ struct Binary {
 
 impl Binary {
     async fn start(stand_ins: &TestApp, env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let mut command = tokio::process::Command::new(BIN);
-        command
-            .current_dir(std::env::temp_dir())
-            .env_clear()
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string())
-            .env("LOG_LEVEL", "warn")
-            .env("CLERK_ISSUER", stand_ins.clerk.issuer())
-            .env("SUPABASE_URL", stand_ins.storage.url())
-            .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
-            .env("BDD_SERVICE_URL", stand_ins.bdd.url())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let child = command.spawn().unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while reqwest::get(format!("{base}/api/health")).await.is_err() {
-            assert!(Instant::now() < deadline, "binary did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let env: Vec<(&str, &str)> = [("LOG_LEVEL", "warn")]
+            .into_iter()
+            .chain(env.iter().copied())
+            .collect();
+        let (child, base) = start_binary(stand_ins, "hostile", Stdio::null(), &env).await;
+        let port = base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the base URL");
         Self { child, base, port }
     }
 
@@ -445,7 +430,7 @@ async fn a_body_slower_than_the_minimum_rate_is_cut_with_408_and_frees_its_slot(
     )
     .await;
     let token = app.token("user_slow");
-    let addr = app.address.trim_start_matches("http://").to_owned();
+    let addr = app.host().to_owned();
     let mut slow = stalled_create(&addr, &token, 100_000, false).await;
 
     // Act: 1 KiB a second.
