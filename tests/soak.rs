@@ -13,8 +13,8 @@
 //! `SOAK_FAULT_RATE` (0.1: share of upstream calls faulted), `SOAK_SLACK_MS`
 //! (750: scheduling allowance on top of each route's timeout budget).
 //!
-//! Set-up: the service is built in-process with the production wiring and
-//! short timeouts (`UPSTREAM_TIMEOUT_MS=300`, `UPLOAD_TIMEOUT_MS=500`). Each
+//! Set-up: the service is built in-process with the production wiring, by
+//! the API tests' own start-up (`tests/common`), with short timeouts (`UPSTREAM_TIMEOUT_MS=300`, `UPLOAD_TIMEOUT_MS=500`). Each
 //! upstream stand-in (BDD, Storage) sits behind a "fault gate", a loopback
 //! proxy owned by this test that counts exactly what it injects:
 //! 5xx answers; delays longer than the timeouts before the upstream sees the
@@ -61,21 +61,21 @@ use axum::Router;
 use base64::Engine;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use image_service::app::App;
 use image_service::clients::storage::ObjectPath;
-use image_service::config::Config;
 use image_service::domain::UserId;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::{json, Value};
-use stand_ins::{test_key, BddOptions, BddStandIn, ClerkStandIn, StorageOptions, StorageStandIn};
+use stand_ins::{BddStandIn, StorageStandIn};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-const SERVICE_KEY: &str = "soak-service-role-key";
-const BUCKET: &str = "images";
+mod common;
+
+use common::{spawn_app_on, StandIns, TestOptions, BUCKET};
+
 const UPSTREAM_TIMEOUT_MS: u64 = 300;
 const UPLOAD_TIMEOUT_MS: u64 = 500;
 /// Image statuses.
@@ -749,40 +749,33 @@ async fn chaos_soak() {
     let delay = t.max(u) + Duration::from_millis(300);
 
     // ------------------------------------------------------------ set-up
-    let clerk = ClerkStandIn::start(vec![test_key(0)], 0)
-        .await
-        .expect("clerk");
-    let storage = Arc::new(
-        StorageStandIn::start(StorageOptions::new(SERVICE_KEY))
-            .await
-            .expect("storage"),
-    );
-    let bdd = Arc::new(BddStandIn::start(BddOptions::new()).await.expect("bdd"));
-    let bdd_gate = Gate::start("bdd", bdd.url(), delay, bdd_fault_body, bdd_objects).await;
+    let options = TestOptions::default();
+    let stand_ins = StandIns::start(&options).await;
+    let bdd_gate = Gate::start(
+        "bdd",
+        stand_ins.bdd.url(),
+        delay,
+        bdd_fault_body,
+        bdd_objects,
+    )
+    .await;
     let storage_gate = Gate::start(
         "storage",
-        storage.url(),
+        stand_ins.storage.url(),
         delay,
         storage_fault_body,
         storage_objects,
     )
     .await;
-
-    let env: HashMap<String, String> = HashMap::from([
-        ("HOST".into(), "127.0.0.1".into()),
-        ("PORT".into(), "0".into()),
-        ("CLERK_ISSUER".into(), clerk.issuer()),
-        ("SUPABASE_URL".into(), storage_gate.url()),
-        ("SUPABASE_SERVICE_ROLE_KEY".into(), SERVICE_KEY.into()),
-        ("BDD_SERVICE_URL".into(), bdd_gate.url()),
-        (
-            "UPSTREAM_TIMEOUT_MS".into(),
-            UPSTREAM_TIMEOUT_MS.to_string(),
-        ),
-        ("UPLOAD_TIMEOUT_MS".into(), UPLOAD_TIMEOUT_MS.to_string()),
-        ("LOG_LEVEL".into(), "off".into()),
-    ]);
-    let config = Config::from_lookup(|name| env.get(name).cloned()).expect("config");
+    let options = options
+        .env("SUPABASE_URL", storage_gate.url())
+        .env("BDD_SERVICE_URL", bdd_gate.url())
+        .env("UPSTREAM_TIMEOUT_MS", UPSTREAM_TIMEOUT_MS.to_string())
+        .env("UPLOAD_TIMEOUT_MS", UPLOAD_TIMEOUT_MS.to_string())
+        .env("LOG_LEVEL", "off");
+    // Shared with the sampler task, which clears the stand-ins' request logs.
+    let app = Arc::new(spawn_app_on(stand_ins, options).await);
+    let config = &app.config;
     let public_prefix = format!(
         "{}/storage/v1/object/public/{}/",
         config.storage.url, config.storage.bucket
@@ -797,23 +790,19 @@ async fn chaos_soak() {
         (Op::Delete, 2 * t + u + 2 * t),
         (Op::Probe, 2 * t + u + 2 * t),
     ]);
-    let app = App::build(config.clone()).await.expect("app builds");
-    let address = format!("http://{}", app.local_addr());
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async {
-        let _ = stop_rx.await;
-    }));
-
     let user_ids: Vec<UserId> = (0..users)
         .map(|i| UserId::parse(&format!("user_soak_{i}")).expect("user id"))
         .collect();
     let soak = Arc::new(Soak {
-        address: address.clone(),
+        address: app.address.clone(),
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client"),
-        tokens: user_ids.iter().map(|u| clerk.mint(u.as_str())).collect(),
+        tokens: user_ids
+            .iter()
+            .map(|u| app.clerk.mint(u.as_str()))
+            .collect(),
         users: user_ids,
         public_prefix,
         known: (0..users).map(|_| Mutex::new(Vec::new())).collect(),
@@ -842,14 +831,14 @@ async fn chaos_soak() {
 
     let sampler = {
         let (peak, done) = (peak.clone(), done.clone());
-        let (bdd, storage) = (bdd.clone(), storage.clone());
+        let app = app.clone();
         tokio::spawn(async move {
             while !done.is_cancelled() {
                 peak.fetch_max(rss_kib(), Ordering::Relaxed);
                 // The stand-ins' own request logs are not needed (the gates
                 // keep what is): clear them so they do not count as memory.
-                bdd.clear_requests();
-                storage.clear_requests();
+                app.bdd.clear_requests();
+                app.storage.clear_requests();
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -894,7 +883,7 @@ async fn chaos_soak() {
     // Late answers held by the gates, and removals after them, settle.
     tokio::time::sleep(delay + Duration::from_millis(500)).await;
 
-    let windows = analyse(&soak, &bdd, &storage, &bdd_gate, &storage_gate);
+    let windows = analyse(&soak, &app.bdd, &app.storage, &bdd_gate, &storage_gate);
     // Convergence: one DELETE by the owner fixes each record left without object.
     let mut converged = 0usize;
     let mut not_converged = Vec::new();
@@ -912,7 +901,7 @@ async fn chaos_soak() {
         }
     }
     // The final state: violations are counted here, windows above.
-    let after_retry = analyse(&soak, &bdd, &storage, &bdd_gate, &storage_gate);
+    let after_retry = analyse(&soak, &app.bdd, &app.storage, &bdd_gate, &storage_gate);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = rss_kib();
@@ -1019,8 +1008,10 @@ async fn chaos_soak() {
         (total, violation_count)
     };
 
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    Arc::into_inner(app)
+        .expect("the sampler has let go of the service")
+        .stop()
+        .await;
     assert!(total > 0, "no request was sent");
     assert_eq!(violation_count, 0, "invariant violations: see above");
 }

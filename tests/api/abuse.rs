@@ -6,50 +6,17 @@
 
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::{Algorithm, Header};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use reqwest::Method;
 use serde_json::{json, Value};
-use stand_ins::{standard_claims, test_key, ClerkStandIn, SigningKey};
+use stand_ins::{test_key, ClerkStandIn, SigningKey};
 use tokio::task::JoinSet;
 
 use crate::helpers::*;
 
-const INVALID: &str = "Token d'authentification Clerk invalide";
-const UNAVAILABLE: &str = "Service d'authentification indisponible";
 /// The key store's body limit (`MAX_JWKS_BYTES` in src/auth/jwks.rs).
 const JWKS_LIMIT: usize = 256 * 1024;
-
-/// Polls `condition` every 10 ms until it holds, failing after 3 s.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits for the start-up key load, proves a valid token works, and returns
-/// the JWKS fetch count from then on.
-async fn loaded(app: &TestApp) -> usize {
-    eventually("the start-up JWKS fetch", || app.jwks_fetches() >= 1).await;
-    let response = app.get("/api/images", &app.token("warm_up")).await;
-    assert_eq!(response.status(), 200, "warm-up request");
-    app.bdd.clear_requests();
-    app.jwks_fetches()
-}
-
-fn claims(app: &TestApp, sub: &str) -> Value {
-    standard_claims(&app.clerk.issuer(), sub, Duration::from_secs(3600))
-}
-
-fn header_with_kid(kid: &str) -> Header {
-    let mut header = Header::new(Algorithm::RS256);
-    header.typ = Some("JWT".into());
-    header.kid = Some(kid.into());
-    header
-}
 
 fn random_kid() -> String {
     let len = rand::thread_rng().gen_range(1..=64);
@@ -58,16 +25,6 @@ fn random_kid() -> String {
         .take(len)
         .map(char::from)
         .collect()
-}
-
-/// Asserts the "invalid token" 401 with its exact body (nothing echoed back).
-async fn assert_invalid(response: reqwest::Response, case: &str) {
-    assert_eq!(response.status(), 401, "{case}");
-    assert_eq!(
-        json_body(response).await,
-        json!({"success": false, "error": INVALID}),
-        "{case}"
-    );
 }
 
 /// Sends every token to `GET /api/images` at once; returns the statuses.
@@ -99,7 +56,7 @@ fn jwk_as(key: &SigningKey, kid: &str) -> Value {
 #[tokio::test]
 async fn a_key_set_of_thousands_of_keys_is_capped_and_keeps_working() {
     let app = spawn_app().await;
-    let baseline = loaded(&app).await;
+    let baseline = jwks_baseline(&app).await;
     let mut keys = vec![test_key(0).jwk()];
     keys.extend(junk_keys(3000));
     keys.push(test_key(1).jwk());
@@ -109,12 +66,12 @@ async fn a_key_set_of_thousands_of_keys_is_capped_and_keeps_working() {
         "the set must fit the size limit"
     );
     app.clerk.set_jwks_body(Some(body));
-    let claims = claims(&app, "user_a");
+    let claims = app.claims("user_a");
 
     // test-key-1 is in the set, but after 3000 others: over the cap, not kept.
     let started = Instant::now();
     let beyond_cap = test_key(1).sign(&claims);
-    assert_invalid(
+    assert_invalid_token(
         app.get("/api/images", &beyond_cap).await,
         "key beyond the cap",
     )
@@ -132,8 +89,8 @@ async fn a_key_set_of_thousands_of_keys_is_capped_and_keeps_working() {
         200
     );
     for kid in ["junk-0", "junk-63", "junk-2999"] {
-        let token = test_key(1).sign_with_header(header_with_kid(kid), &claims);
-        assert_invalid(app.get("/api/images", &token).await, kid).await;
+        let token = test_key(1).sign_with_header(rs256_header(kid), &claims);
+        assert_invalid_token(app.get("/api/images", &token).await, kid).await;
     }
     assert_eq!(
         app.jwks_fetches(),
@@ -158,7 +115,7 @@ async fn a_key_set_of_thousands_of_keys_is_capped_and_keeps_working() {
 #[tokio::test]
 async fn a_key_set_over_the_size_limit_is_refused_and_the_previous_keys_are_kept() {
     let app = spawn_app().await;
-    let baseline = loaded(&app).await;
+    let baseline = jwks_baseline(&app).await;
     // test-key-1 first, then thousands of full-size keys: about 1.5 MB.
     let mut keys = vec![test_key(1).jwk()];
     keys.extend((0..3500).map(|i| jwk_as(&test_key(2), &format!("big-{i}"))));
@@ -166,9 +123,9 @@ async fn a_key_set_over_the_size_limit_is_refused_and_the_previous_keys_are_kept
     assert!(body.to_string().len() > 4 * JWKS_LIMIT);
     app.clerk.set_jwks_body(Some(body));
 
-    let rotated = test_key(1).sign(&claims(&app, "user_a"));
+    let rotated = test_key(1).sign(&app.claims("user_a"));
     let started = Instant::now();
-    assert_invalid(
+    assert_invalid_token(
         app.get("/api/images", &rotated).await,
         "key only in the oversized set",
     )
@@ -202,12 +159,12 @@ async fn refetch_keeps_the_keys_held(bodies: Vec<(&str, Value)>) {
         TestOptions::default().tweak(|c| c.clerk.unknown_kid_cooldown = Duration::from_millis(50)),
     )
     .await;
-    let mut baseline = loaded(&app).await;
+    let mut baseline = jwks_baseline(&app).await;
     for (case, body) in bodies {
         app.clerk.set_jwks_body(Some(body));
         tokio::time::sleep(Duration::from_millis(60)).await;
-        let rotated = test_key(1).sign(&claims(&app, "user_a"));
-        assert_invalid(app.get("/api/images", &rotated).await, case).await;
+        let rotated = test_key(1).sign(&app.claims("user_a"));
+        assert_invalid_token(app.get("/api/images", &rotated).await, case).await;
         assert_eq!(app.jwks_fetches(), baseline + 1, "{case}: one refetch");
         baseline += 1;
         assert_eq!(
@@ -235,8 +192,8 @@ async fn unreadable_key_set_bodies_never_replace_the_keys_held() {
 
 /// A set that parses but holds no usable key is a failed refresh too (the
 /// contract: "a failed refresh keeps the old keys"; Clerk never publishes an
-/// empty set). Today it replaces the keys held, locking every user out until
-/// the next good fetch: see SECURITY.md, open findings.
+/// empty set). It once replaced the keys held, locking every user out until
+/// the next good fetch: see SECURITY.md, fixed findings.
 #[tokio::test]
 async fn key_sets_without_a_usable_key_never_replace_the_keys_held() {
     refetch_keeps_the_keys_held(vec![
@@ -273,11 +230,7 @@ async fn an_oversized_key_set_with_nothing_cached_answers_503_and_the_service_st
 
     let response = app.get("/api/images", &app.token("user_a")).await;
 
-    assert_eq!(response.status(), 503);
-    assert_eq!(
-        json_body(response).await,
-        json!({"success": false, "error": UNAVAILABLE})
-    );
+    assert_error(response, 503, AUTH_UNAVAILABLE).await;
     assert!(!issuer.requests().is_empty(), "the JWKS was never asked");
     assert_eq!(
         app.request(Method::GET, "/api/health")
@@ -305,10 +258,10 @@ async fn a_sequential_flood_of_random_kids_fetches_at_most_once_per_cooldown() {
         TestOptions::default().tweak(move |c| c.clerk.unknown_kid_cooldown = cooldown),
     )
     .await;
-    let baseline = loaded(&app).await;
-    let claims = claims(&app, "user_a");
+    let baseline = jwks_baseline(&app).await;
+    let claims = app.claims("user_a");
     let tokens: Vec<String> = (0..500)
-        .map(|_| test_key(1).sign_with_header(header_with_kid(&random_kid()), &claims))
+        .map(|_| test_key(1).sign_with_header(rs256_header(&random_kid()), &claims))
         .collect();
 
     let started = Instant::now();
@@ -336,10 +289,10 @@ async fn a_sequential_flood_of_random_kids_fetches_at_most_once_per_cooldown() {
 #[tokio::test]
 async fn a_concurrent_flood_of_random_kids_fetches_once_and_valid_tokens_still_pass() {
     let app = spawn_app().await;
-    let baseline = loaded(&app).await;
-    let claims = claims(&app, "user_a");
+    let baseline = jwks_baseline(&app).await;
+    let claims = app.claims("user_a");
     let tokens: Vec<String> = (0..500)
-        .map(|_| test_key(1).sign_with_header(header_with_kid(&random_kid()), &claims))
+        .map(|_| test_key(1).sign_with_header(rs256_header(&random_kid()), &claims))
         .collect();
     let valid = app.token("user_b");
 
@@ -407,13 +360,13 @@ fn hostile_kids() -> Vec<String> {
 #[tokio::test]
 async fn kids_full_of_path_sql_unicode_and_control_characters_are_opaque_and_refused() {
     let app = spawn_app().await;
-    let baseline = loaded(&app).await;
-    let claims = claims(&app, "user_a");
+    let baseline = jwks_baseline(&app).await;
+    let claims = app.claims("user_a");
 
     // Signed with the real key: only the kid is wrong, and it must never match.
     for kid in hostile_kids() {
-        let token = test_key(0).sign_with_header(header_with_kid(&kid), &claims);
-        assert_invalid(app.get("/api/images", &token).await, &format!("{kid:?}")).await;
+        let token = test_key(0).sign_with_header(rs256_header(&kid), &claims);
+        assert_invalid_token(app.get("/api/images", &token).await, &format!("{kid:?}")).await;
     }
 
     assert!(
@@ -431,15 +384,15 @@ async fn kids_full_of_path_sql_unicode_and_control_characters_are_opaque_and_ref
 #[tokio::test]
 async fn a_hostile_kid_that_the_key_set_really_publishes_is_just_a_lookup_key() {
     let app = spawn_app().await;
-    let baseline = loaded(&app).await;
+    let baseline = jwks_baseline(&app).await;
     let kids = hostile_kids();
     let keys: Vec<Value> = kids.iter().map(|kid| jwk_as(&test_key(1), kid)).collect();
     app.clerk.set_jwks_body(Some(json!({ "keys": keys })));
-    let claims = claims(&app, "user_a");
+    let claims = app.claims("user_a");
 
     let mut accepted = 0;
     for kid in &kids {
-        let token = test_key(1).sign_with_header(header_with_kid(kid), &claims);
+        let token = test_key(1).sign_with_header(rs256_header(kid), &claims);
         let response = app.get("/api/images", &token).await;
         assert_eq!(response.status(), 200, "{kid:?}");
         accepted += 1;
@@ -462,11 +415,11 @@ async fn a_hostile_kid_that_the_key_set_really_publishes_is_just_a_lookup_key() 
 #[tokio::test]
 async fn jku_x5u_and_jwk_headers_are_never_followed_even_under_flood() {
     let app = spawn_app().await;
-    let baseline = loaded(&app).await;
+    let baseline = jwks_baseline(&app).await;
     let attacker = ClerkStandIn::start(vec![test_key(2)], 0)
         .await
         .expect("stand-in");
-    let claims = claims(&app, "user_a");
+    let claims = app.claims("user_a");
     let embedded: jsonwebtoken::jwk::Jwk =
         serde_json::from_value(test_key(2).jwk()).expect("a JWK");
 
@@ -477,7 +430,7 @@ async fn jku_x5u_and_jwk_headers_are_never_followed_even_under_flood() {
                 1 => "test-key-0".to_owned(), // a real kid, the attacker's key
                 _ => random_kid(),
             };
-            let mut header = header_with_kid(&kid);
+            let mut header = rs256_header(&kid);
             header.jku = Some(format!("{}?n={i}", attacker.jwks_url()));
             header.x5u = Some(format!("{}/cert.pem?n={i}", attacker.url()));
             if i % 2 == 0 {

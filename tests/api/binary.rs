@@ -1,61 +1,12 @@
 //! The built binary itself: fail-fast configuration, `.env` loading, SIGTERM drain.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::Method;
 use stand_ins::{Fault, FaultRule};
 
 use crate::helpers::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_image-service");
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("image-service-{name}-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Starts the built binary against `stand_ins`' upstreams on a free port and
-/// waits until it answers; returns it and its base URL.
-async fn start_binary(
-    stand_ins: &TestApp,
-    name: &str,
-    stdout: Stdio,
-) -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = tokio::process::Command::new(BIN)
-        .current_dir(temp_dir(name))
-        .env_clear()
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("CLERK_ISSUER", stand_ins.clerk.issuer())
-        .env("SUPABASE_URL", stand_ins.storage.url())
-        .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
-        .env("BDD_SERVICE_URL", stand_ins.bdd.url())
-        .stdout(stdout)
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client
-        .get(format!("{base}/api/health"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "binary did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (child, base)
-}
 
 #[test]
 fn a_bad_environment_stops_the_process_with_one_line_per_variable() {
@@ -144,7 +95,7 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits_cleanly() {
     stand_ins.bdd.inject(
         FaultRule::new(Fault::Delay(Duration::from_millis(800))).path_prefix("/api/images"),
     );
-    let (mut child, base) = start_binary(&stand_ins, "sigterm", Stdio::null()).await;
+    let (mut child, base) = start_binary(&stand_ins, "sigterm", Stdio::null(), &[]).await;
     let client = reqwest::Client::new();
 
     let token = stand_ins.token("user_a");
@@ -188,7 +139,7 @@ async fn json_logs_tie_every_line_of_a_request_to_its_request_and_user_ids() {
     stand_ins
         .bdd
         .inject(FaultRule::new(Fault::Status(500)).method(Method::POST));
-    let (mut child, base) = start_binary(&stand_ins, "logs", Stdio::piped()).await;
+    let (mut child, base) = start_binary(&stand_ins, "logs", Stdio::piped(), &[]).await;
     let client = reqwest::Client::new();
     let token = stand_ins.token("user_log");
 

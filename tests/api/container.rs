@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_image-service");
 const DOCKERFILE: &str = include_str!("../../Dockerfile");
 
 /// `ENV` instructions of the last stage, continuation lines joined.
@@ -52,21 +51,14 @@ async fn the_binary_starts_and_is_healthy_with_the_dockerfile_environment() {
     // Arrange: the Dockerfile's variables, the deployment's required ones,
     // and a free port instead of 5002 so tests can run beside a dev stack.
     let stand_ins = spawn_app().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port().to_string();
     let mut env = dockerfile_env();
     env.insert("PORT".into(), port.clone());
     env.insert("CLERK_ISSUER".into(), stand_ins.clerk.issuer());
     env.insert("SUPABASE_URL".into(), stand_ins.storage.url());
     env.insert("SUPABASE_SERVICE_ROLE_KEY".into(), SERVICE_KEY.into());
     env.insert("BDD_SERVICE_URL".into(), stand_ins.bdd.url());
-    let workdir =
-        std::env::temp_dir().join(format!("image-service-container-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&workdir).unwrap();
+    let workdir = temp_dir("container");
 
     // Act
     let mut child = tokio::process::Command::new(BIN)
@@ -113,7 +105,7 @@ async fn the_binary_starts_and_is_healthy_with_the_dockerfile_environment() {
 
 #[tokio::test]
 async fn the_health_check_fails_when_nothing_listens() {
-    let port = closed_port_url().rsplit(':').next().unwrap().to_owned();
+    let port = free_port().to_string();
     let status = tokio::process::Command::new(BIN)
         .arg("healthcheck")
         .env_clear()

@@ -4,7 +4,7 @@
 //! pretty logs without colour codes when piped.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -13,7 +13,6 @@ use stand_ins::{Fault, FaultRule};
 
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_image-service");
 const DOCKERFILE: &str = include_str!("../../Dockerfile");
 const DOCKERIGNORE: &str = include_str!("../../.dockerignore");
 const COMPOSE: &str = include_str!("../../compose.yaml");
@@ -22,12 +21,6 @@ const CARGO_TOML: &str = include_str!("../../Cargo.toml");
 
 /// distroless's `nonroot` user and group.
 const NONROOT_UID: &str = "65532";
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("image-service-{name}-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 // ------------------------------------------------------------- Dockerfile
 
@@ -440,20 +433,6 @@ fn version_prints_the_name_and_the_package_version() {
 
 // ------------------------------------------------------------ /api/ready
 
-/// `/api/ready`'s status and body, once the key set is loaded (or 3 s passed).
-async fn ready(app: &TestApp) -> (u16, Value) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let response = app.request(Method::GET, "/api/ready").send().await.unwrap();
-        let status = response.status().as_u16();
-        let body = json_body(response).await;
-        if body["checks"]["auth"] == "ok" || Instant::now() > deadline {
-            return (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Every reason is one of the words of contract §9, never an error chain.
 fn assert_reasons_are_words(body: &Value) {
     let text = body.to_string();
@@ -486,7 +465,7 @@ async fn ready_says_unreachable_when_the_bdd_refuses_connections() {
     let app =
         spawn_app_with(TestOptions::default().env("BDD_SERVICE_URL", closed_port_url())).await;
 
-    let (status, body) = ready(&app).await;
+    let (status, body) = ready_once_keys_loaded(&app).await;
 
     assert_eq!(status, 503, "{body}");
     assert_eq!(
@@ -502,14 +481,18 @@ async fn ready_says_timeout_when_the_bdd_is_slow() {
         TestOptions::default().tweak(|c| c.ready_timeout = Duration::from_millis(300)),
     )
     .await;
-    assert_eq!(ready(&app).await.0, 200, "ready before the fault");
+    assert_eq!(
+        ready_once_keys_loaded(&app).await.0,
+        200,
+        "ready before the fault"
+    );
     app.bdd.inject(
         FaultRule::new(Fault::Delay(Duration::from_secs(5)))
             .method(Method::GET)
             .path_prefix("/api/health"),
     );
 
-    let (status, body) = ready(&app).await;
+    let (status, body) = ready_once_keys_loaded(&app).await;
 
     assert_eq!(status, 503, "{body}");
     assert_eq!(
@@ -523,7 +506,7 @@ async fn ready_says_timeout_when_the_bdd_is_slow() {
 async fn ready_says_refused_404_when_the_storage_bucket_is_missing() {
     let app = spawn_app_with(TestOptions::default().env("SUPABASE_BUCKET_NAME", "other")).await;
 
-    let (status, body) = ready(&app).await;
+    let (status, body) = ready_once_keys_loaded(&app).await;
 
     assert_eq!(status, 503, "{body}");
     assert_eq!(
@@ -537,14 +520,18 @@ async fn ready_says_refused_404_when_the_storage_bucket_is_missing() {
 async fn ready_names_a_bdd_500_in_a_word_without_its_body() {
     // The stand-in's 500 body is an error text; none of it reaches the answer.
     let app = spawn_app().await;
-    assert_eq!(ready(&app).await.0, 200, "ready before the fault");
+    assert_eq!(
+        ready_once_keys_loaded(&app).await.0,
+        200,
+        "ready before the fault"
+    );
     app.bdd.inject(
         FaultRule::new(Fault::Status(500))
             .method(Method::GET)
             .path_prefix("/api/health"),
     );
 
-    let (status, body) = ready(&app).await;
+    let (status, body) = ready_once_keys_loaded(&app).await;
 
     assert_eq!(status, 503, "{body}");
     assert_ne!(body["checks"]["bdd"], "ok", "{body}");
@@ -557,40 +544,16 @@ async fn ready_names_a_bdd_500_in_a_word_without_its_body() {
 async fn pretty_logs_piped_to_a_file_carry_no_colour_codes() {
     // Arrange: the binary with LOG_FORMAT=pretty, stdout a pipe (not a terminal).
     let stand_ins = spawn_app().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(BIN)
-        .current_dir(temp_dir("pretty"))
-        .env_clear()
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("CLERK_ISSUER", stand_ins.clerk.issuer())
-        .env("SUPABASE_URL", stand_ins.storage.url())
-        .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
-        .env("BDD_SERVICE_URL", stand_ins.bdd.url())
-        .env("LOG_FORMAT", "pretty")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = start_binary(
+        &stand_ins,
+        "pretty",
+        Stdio::piped(),
+        &[("LOG_FORMAT", "pretty")],
+    )
+    .await;
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
 
-    // Act: wait until it serves, then one request that logs its fields.
-    while client
-        .get(format!("{base}/api/health"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "binary did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Act: one request that logs its fields.
     let answer = client
         .get(format!("{base}/api/images"))
         .send()

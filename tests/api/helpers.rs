@@ -1,180 +1,43 @@
-//! `spawn_app()`: the production wiring on a random port, against in-process
-//! stand-ins of Clerk, Storage and the BDD service on their own random ports.
+//! What the API tests share: the start-up of `tests/common` (re-exported
+//! here, so a test file needs one `use crate::helpers::*`), typed requests
+//! on [`TestApp`], and the assertions several test files make.
 #![allow(dead_code)] // each test area uses its own subset
 
-use std::collections::HashMap;
-use std::sync::Once;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
-use image_service::app::App;
-use image_service::config::Config;
+use jsonwebtoken::{Algorithm, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
-use stand_ins::{
-    standard_claims, test_key, BddOptions, BddStandIn, ClerkStandIn, RecordedRequest,
-    StorageOptions, StorageStandIn,
-};
-use tokio::sync::oneshot;
+use stand_ins::{standard_claims, RecordedRequest};
 
-/// The service key the Storage stand-in accepts.
-pub const SERVICE_KEY: &str = "test-service-role-key";
-/// The frontend origin allowed by default.
-pub const FRONTEND: &str = "http://localhost:3000";
-/// The bucket.
-pub const BUCKET: &str = "images";
+pub use crate::common::*;
 
-/// A running service with its stand-ins.
-pub struct TestApp {
-    /// `http://127.0.0.1:PORT`.
-    pub address: String,
-    /// A plain client (no redirects, no default headers).
-    pub client: reqwest::Client,
-    /// Local Clerk.
-    pub clerk: ClerkStandIn,
-    /// Local Storage.
-    pub storage: StorageStandIn,
-    /// Local BDD.
-    pub bdd: BddStandIn,
-    /// The configuration the service runs with.
-    pub config: Config,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-/// Knobs for one test.
-pub struct TestOptions {
-    /// BDD stand-in options (port is ignored).
-    pub bdd: BddOptions,
-    /// Environment variables on top of the stand-ins' (e.g. `MAX_IMAGE_BYTES`).
-    pub env: Vec<(String, String)>,
-    /// Last-minute change to the parsed configuration.
-    pub tweak: Box<dyn FnOnce(&mut Config) + Send>,
-}
-
-impl Default for TestOptions {
-    fn default() -> Self {
-        Self {
-            bdd: BddOptions::new(),
-            env: Vec::new(),
-            tweak: Box::new(|_| {}),
-        }
-    }
-}
-
-impl TestOptions {
-    /// Adds an environment variable.
-    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.env.push((name.into(), value.into()));
-        self
-    }
-
-    /// Changes the configuration after parsing.
-    pub fn tweak(mut self, f: impl FnOnce(&mut Config) + Send + 'static) -> Self {
-        self.tweak = Box::new(f);
-        self
-    }
-
-    /// Uses these BDD options.
-    pub fn bdd(mut self, bdd: BddOptions) -> Self {
-        self.bdd = bdd;
-        self
-    }
-}
-
-fn init_logs() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            // Kept for the whole test process.
-            std::mem::forget(image_service::telemetry::init(
-                "info,image_service=debug",
-                image_service::config::LogFormat::Pretty,
-            ));
-        }
-    });
-}
-
-/// The service with default options.
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(TestOptions::default()).await
-}
-
-/// The service with `options`.
-pub async fn spawn_app_with(options: TestOptions) -> TestApp {
-    init_logs();
-    let clerk = ClerkStandIn::start(vec![test_key(0)], 0)
-        .await
-        .expect("clerk stand-in");
-    let storage = StorageStandIn::start(StorageOptions::new(SERVICE_KEY))
-        .await
-        .expect("storage stand-in");
-    let mut bdd_options = options.bdd;
-    bdd_options.port = 0;
-    let bdd = BddStandIn::start(bdd_options).await.expect("bdd stand-in");
-
-    let mut env: HashMap<String, String> = HashMap::from([
-        ("HOST".into(), "127.0.0.1".into()),
-        ("PORT".into(), "0".into()),
-        ("CLERK_ISSUER".into(), clerk.issuer()),
-        ("SUPABASE_URL".into(), storage.url()),
-        ("SUPABASE_SERVICE_ROLE_KEY".into(), SERVICE_KEY.into()),
-        ("BDD_SERVICE_URL".into(), bdd.url()),
-        ("UPSTREAM_TIMEOUT_MS".into(), "2000".into()),
-        ("UPLOAD_TIMEOUT_MS".into(), "2000".into()),
-    ]);
-    env.extend(options.env);
-    let mut config = Config::from_lookup(|name| env.get(name).cloned()).expect("test config");
-    (options.tweak)(&mut config);
-
-    let app = App::build(config.clone()).await.expect("app builds");
-    let address = format!("http://{}", app.local_addr());
-    let (tx, rx) = oneshot::channel();
-    let server = tokio::spawn(app.run_until(async {
-        let _ = rx.await;
-    }));
-    TestApp {
-        address,
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client"),
-        clerk,
-        storage,
-        bdd,
-        config,
-        shutdown: Some(tx),
-        server: Some(server),
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
+/// A well-formed image id (cuid style) that no record has.
+pub const CUID: &str = "clx2k9abc0000qwerty123456";
+/// The built service, for tests that run it as a process.
+pub const BIN: &str = env!("CARGO_BIN_EXE_image-service");
+/// The 401 answer's message for a token that fails verification (contract §2).
+pub const INVALID_TOKEN: &str = "Token d'authentification Clerk invalide";
+/// The 503 answer's message when no signing key can be had (contract §2).
+pub const AUTH_UNAVAILABLE: &str = "Service d'authentification indisponible";
 
 impl TestApp {
-    /// Stops the service gracefully and waits for it.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.expect("server task").expect("server ran");
-        }
-    }
-
     /// A valid token for `sub`, signed by the Clerk stand-in's first key.
     pub fn token(&self, sub: &str) -> String {
         self.clerk.mint(sub)
     }
 
+    /// Valid claims for `sub` from the Clerk stand-in's issuer, to sign by hand.
+    pub fn claims(&self, sub: &str) -> Value {
+        standard_claims(&self.clerk.issuer(), sub, Duration::from_secs(3600))
+    }
+
     /// A token with these claims on top of valid ones (null removes a claim).
     pub fn token_with(&self, sub: &str, extra: Value) -> String {
-        let mut claims = standard_claims(&self.clerk.issuer(), sub, Duration::from_secs(3600));
+        let mut claims = self.claims(sub);
         if let (Some(map), Value::Object(extra)) = (claims.as_object_mut(), extra) {
             for (k, v) in extra {
                 if v.is_null() {
@@ -185,6 +48,11 @@ impl TestApp {
             }
         }
         self.clerk.mint_claims(&claims)
+    }
+
+    /// `127.0.0.1:PORT`, for raw TCP clients.
+    pub fn host(&self) -> &str {
+        self.address.trim_start_matches("http://")
     }
 
     /// A request to the service.
@@ -281,24 +149,89 @@ pub fn png_base64(size: usize) -> String {
     base64::engine::general_purpose::STANDARD.encode(png_bytes(size))
 }
 
+/// A header of an answer as text (`None` when absent or not text).
+pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// Reads an answer as JSON, checking its content type.
 pub async fn json_body(response: reqwest::Response) -> Value {
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = header(&response, "content-type").unwrap_or_default();
     assert_eq!(content_type, "application/json; charset=utf-8");
     response.json().await.expect("a JSON body")
 }
 
+/// Asserts `{"success":false,"error":message}` with this status.
+pub async fn assert_error(response: reqwest::Response, status: u16, message: &str) {
+    assert_eq!(response.status(), status, "status");
+    let body = json_body(response).await;
+    assert_eq!(body, json!({"success": false, "error": message}));
+}
+
+/// Asserts the "invalid token" 401 of contract §2: its challenge header and
+/// its exact body (nothing of the token echoed back).
+pub async fn assert_invalid_token(response: reqwest::Response, case: &str) {
+    assert_eq!(response.status(), 401, "{case}");
+    assert_eq!(
+        header(&response, "www-authenticate").as_deref(),
+        Some(r#"Bearer error="invalid_token""#),
+        "{case}"
+    );
+    assert_eq!(
+        json_body(response).await,
+        json!({"success": false, "error": INVALID_TOKEN}),
+        "{case}"
+    );
+}
+
+/// An RS256 JWT header with this `kid`, for tokens signed by hand.
+pub fn rs256_header(kid: &str) -> Header {
+    let mut header = Header::new(Algorithm::RS256);
+    header.typ = Some("JWT".into());
+    header.kid = Some(kid.into());
+    header
+}
+
+/// Polls `condition` every 10 ms until it holds, failing after 3 s.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits for the start-up key load, proves a valid token works, and returns
+/// the JWKS fetch count from then on (recorded BDD calls are cleared).
+pub async fn jwks_baseline(app: &TestApp) -> usize {
+    wait_until("the start-up JWKS fetch", || app.jwks_fetches() >= 1).await;
+    // The fetch was received; a valid request proves its answer is installed.
+    let response = app.get("/api/images", &app.token("warm_up")).await;
+    assert_eq!(response.status(), 200, "warm-up request");
+    app.bdd.clear_requests();
+    app.jwks_fetches()
+}
+
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
 /// A port nothing listens on (connections are refused).
 pub fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+/// A new empty directory, for a process that must not see this repository's `.env`.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("image-service-{name}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
 
 /// The recorded requests with this method.
@@ -308,4 +241,63 @@ pub fn calls(requests: &[RecordedRequest], method: &Method) -> Vec<RecordedReque
         .filter(|r| r.method == *method)
         .cloned()
         .collect()
+}
+
+/// Starts the built binary against `stand_ins`' upstreams on a free port, in
+/// a directory of its own (no stray `.env`), with `env` on top, and waits
+/// until it answers; returns it and its base URL.
+pub async fn start_binary(
+    stand_ins: &TestApp,
+    name: &str,
+    stdout: Stdio,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
+    let port = free_port();
+    let child = tokio::process::Command::new(BIN)
+        .current_dir(temp_dir(name))
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("CLERK_ISSUER", stand_ins.clerk.issuer())
+        .env("SUPABASE_URL", stand_ins.storage.url())
+        .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
+        .env("BDD_SERVICE_URL", stand_ins.bdd.url())
+        .envs(env.iter().copied())
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "binary did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base)
+}
+
+/// `/api/ready`'s status and body once the key set is reported loaded (or
+/// after 3 s): the start-up key fetch runs beside the first requests.
+pub async fn ready_once_keys_loaded(app: &TestApp) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let response = app
+            .request(Method::GET, "/api/ready")
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        let body = json_body(response).await;
+        if body["checks"]["auth"] == json!("ok") || Instant::now() > deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -11,10 +11,6 @@ use tokio::net::TcpStream;
 
 use crate::helpers::*;
 
-fn host_port(app: &TestApp) -> String {
-    app.address.trim_start_matches("http://").to_owned()
-}
-
 /// Reads until the server closes the connection or `limit` passes; returns what came.
 async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
     let mut received = Vec::new();
@@ -49,7 +45,7 @@ async fn a_client_sending_headers_too_slowly_is_disconnected() {
         TestOptions::default().tweak(|c| c.header_read_timeout = Duration::from_millis(300)),
     )
     .await;
-    let mut stream = TcpStream::connect(host_port(&app)).await.unwrap();
+    let mut stream = TcpStream::connect(app.host()).await.unwrap();
 
     // Act: half a request head, then nothing.
     stream
@@ -73,7 +69,7 @@ async fn a_body_sent_too_slowly_answers_408_and_reaches_no_upstream() {
     )
     .await;
     let token = app.token("user_slow");
-    let mut stream = TcpStream::connect(host_port(&app)).await.unwrap();
+    let mut stream = TcpStream::connect(app.host()).await.unwrap();
     let head = format!(
         "POST /api/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"prompt\":"
@@ -136,7 +132,7 @@ async fn idle_connections_are_closed_first_when_the_table_is_full() {
     let app = spawn_app_with(TestOptions::default().tweak(|c| c.max_connections = 10)).await;
     let mut idle = Vec::new();
     for _ in 0..9 {
-        idle.push(TcpStream::connect(host_port(&app)).await.unwrap());
+        idle.push(TcpStream::connect(app.host()).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -161,7 +157,7 @@ async fn idle_connections_are_closed_first_when_the_table_is_full() {
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_5_s() {
     let app = spawn_app().await;
-    let mut stream = TcpStream::connect(host_port(&app)).await.unwrap();
+    let mut stream = TcpStream::connect(app.host()).await.unwrap();
     let started = Instant::now();
     let outcome = read_until_closed(&mut stream, Duration::from_secs(8)).await;
     assert!(outcome.is_some(), "still open after 8 s");

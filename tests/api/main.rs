@@ -1,17 +1,24 @@
 //! Integration tests: the service over real HTTP on loopback, its upstreams as
 //! in-process stand-ins that record what they were sent.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod helpers;
 
 mod abuse;
 mod auth;
-mod behaviour;
 mod binary;
 mod container;
+mod cors;
+mod errors;
 mod front_door;
+mod headers;
+mod health;
 mod images;
 mod limits;
 mod metrics;
 mod openapi;
+mod shutdown;
 mod token_kinds;
 mod upstream;
+mod validation;

@@ -165,11 +165,7 @@ async fn failed_background_jwks_refreshes_are_counted() {
         TestOptions::default().tweak(|c| c.clerk.refresh_interval = Duration::from_millis(100)),
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while app.jwks_fetches() < 1 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the start-up JWKS fetch", || app.jwks_fetches() >= 1).await;
     app.clerk.inject(FaultRule::new(Fault::Status(500)));
 
     // Act

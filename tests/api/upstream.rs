@@ -80,12 +80,7 @@ async fn app_with_image(options: TestOptions) -> (TestApp, String, String) {
 /// Status and text of an answer, checking its JSON content type.
 async fn answer_text(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = header(&response, "content-type").unwrap_or_default();
     let text = response.text().await.expect("a body");
     assert_eq!(
         content_type, "application/json; charset=utf-8",
@@ -105,7 +100,7 @@ fn assert_no_leak(text: &str, token: &str) {
 }
 
 /// Asserts `{"success":false,"error":message}` with `status`, and no leak.
-async fn assert_error(
+async fn assert_error_no_leak(
     response: reqwest::Response,
     status: u16,
     message: &str,
@@ -416,10 +411,7 @@ async fn a_given_request_id_is_echoed_and_sent_on_the_upload_and_the_bdd_create(
     // Assert
     assert_eq!(response.status(), 201);
     assert_eq!(
-        response
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok()),
+        header(&response, "x-request-id").as_deref(),
         Some("req-abc-123")
     );
     assert_eq!(uploads(&app)[0].header("x-request-id"), Some("req-abc-123"));
@@ -442,20 +434,12 @@ async fn a_generated_request_id_is_the_one_sent_on_every_upstream_call() {
             &json!({"prompt": "a cat", "imageData": png_base64(64)}),
         )
         .await;
-    let create_id = created
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let create_id = header(&created, "x-request-id");
     let create_calls = (app.storage_calls(), app.bdd_calls());
     app.storage.clear_requests();
     app.bdd.clear_requests();
     let deleted = app.delete(&format!("/api/images/{id}"), &token).await;
-    let delete_id = deleted
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let delete_id = header(&deleted, "x-request-id");
 
     // Assert
     assert_eq!(created.status(), 201);
@@ -580,7 +564,7 @@ async fn a_bdd_without_the_patch_route_answers_502_operation_not_supported() {
     let response = app.patch_status(&id, &token, "printed").await;
 
     // Assert
-    assert_error(
+    assert_error_no_leak(
         response,
         502,
         "Service BDD: opération non supportée",
@@ -608,7 +592,7 @@ async fn a_bdd_5xx_answers_502_on_every_route() {
         let response = route.call(&app, &token, &id).await;
 
         // Assert
-        assert_error(
+        assert_error_no_leak(
             response,
             502,
             "Erreur du service BDD",
@@ -629,7 +613,7 @@ async fn a_bdd_503_answers_502_too() {
     let response = app.get(&format!("/api/images/{id}"), &token).await;
 
     // Assert
-    assert_error(response, 502, "Erreur du service BDD", &token, "503").await;
+    assert_error_no_leak(response, 502, "Erreur du service BDD", &token, "503").await;
 }
 
 #[tokio::test]
@@ -647,7 +631,7 @@ async fn a_bdd_dropping_the_connection_answers_502_on_every_route() {
         let response = route.call(&app, &token, &id).await;
 
         // Assert
-        assert_error(
+        assert_error_no_leak(
             response,
             502,
             "Erreur du service BDD",
@@ -670,7 +654,7 @@ async fn a_bdd_refusing_connections_answers_503_on_every_route() {
         let response = route.call(&app, &token, "cabc0000000000000000000000").await;
 
         // Assert
-        assert_error(
+        assert_error_no_leak(
             response,
             503,
             "Service BDD indisponible",
@@ -699,7 +683,7 @@ async fn a_bdd_slower_than_the_timeout_answers_504_on_every_route() {
         let response = route.call(&app, &token, &id).await;
 
         // Assert
-        assert_error(
+        assert_error_no_leak(
             response,
             504,
             "Service BDD: délai dépassé",
@@ -796,7 +780,7 @@ async fn a_create_is_never_retried_and_its_object_is_removed_after_a_dropped_con
     let response = Route::Create.call(&app, &token, "").await;
 
     // Assert
-    assert_error(response, 502, "Erreur du service BDD", &token, "create").await;
+    assert_error_no_leak(response, 502, "Erreur du service BDD", &token, "create").await;
     assert_eq!(bdd_creates(&app).len(), 1, "never retried");
     assert!(app.bdd.records().is_empty());
     assert!(app.objects().is_empty(), "uploaded object removed");
@@ -817,7 +801,7 @@ async fn a_patch_is_never_retried_after_a_dropped_connection() {
     let response = app.patch_status(&id, &token, "printed").await;
 
     // Assert
-    assert_error(response, 502, "Erreur du service BDD", &token, "patch").await;
+    assert_error_no_leak(response, 502, "Erreur du service BDD", &token, "patch").await;
     assert_eq!(
         calls(&app.bdd_calls(), &Method::PATCH).len(),
         1,
@@ -841,7 +825,7 @@ async fn a_timeout_is_not_retried() {
     let response = app.get(&format!("/api/images/{id}"), &token).await;
 
     // Assert
-    assert_error(response, 504, "Service BDD: délai dépassé", &token, "get").await;
+    assert_error_no_leak(response, 504, "Service BDD: délai dépassé", &token, "get").await;
     assert_eq!(
         calls(&app.bdd_calls(), &Method::GET).len(),
         1,
@@ -872,7 +856,9 @@ async fn a_refused_create_leaves_no_object_and_removes_exactly_the_uploaded_path
         // Assert
         let context = format!("{fault:?}");
         match message {
-            Some(message) => assert_error(response, status, message, &token, &context).await,
+            Some(message) => {
+                assert_error_no_leak(response, status, message, &token, &context).await
+            }
             None => {
                 let (got, text) = answer_text(response).await;
                 assert_eq!(got, status, "{context}: {text}");
@@ -905,7 +891,7 @@ async fn an_upload_refused_for_a_bad_key_answers_502_with_storages_message() {
     let response = Route::Create.call(&app, &token, "").await;
 
     // Assert
-    assert_error(
+    assert_error_no_leak(
         response,
         502,
         "Erreur lors de l'upload: Invalid or missing service key",
@@ -929,7 +915,7 @@ async fn an_upload_refused_as_a_duplicate_answers_502_with_storages_message() {
     let response = Route::Create.call(&app, &token, "").await;
 
     // Assert
-    assert_error(
+    assert_error_no_leak(
         response,
         502,
         "Erreur lors de l'upload: The resource already exists",
@@ -970,7 +956,7 @@ async fn an_unreachable_storage_answers_503_on_create() {
     let response = Route::Create.call(&app, &token, "").await;
 
     // Assert
-    assert_error(
+    assert_error_no_leak(
         response,
         503,
         "Service de stockage indisponible",
@@ -993,7 +979,7 @@ async fn a_storage_slower_than_the_upload_timeout_answers_504_on_create() {
     let response = Route::Create.call(&app, &token, "").await;
 
     // Assert
-    assert_error(
+    assert_error_no_leak(
         response,
         504,
         "Service de stockage: délai dépassé",
@@ -1045,7 +1031,7 @@ async fn delete_removes_nothing_when_the_record_cannot_be_read_and_converges_on_
     let failed = app.delete(&format!("/api/images/{id}"), &token).await;
 
     // Assert
-    assert_error(failed, 502, "Erreur du service BDD", &token, "step 1").await;
+    assert_error_no_leak(failed, 502, "Erreur du service BDD", &token, "step 1").await;
     assert!(removals(&app).is_empty(), "nothing removed from Storage");
     assert!(
         calls(&app.bdd_calls(), &Method::DELETE).is_empty(),
@@ -1128,7 +1114,7 @@ async fn delete_keeps_the_record_when_the_removal_is_refused_dropped_or_slow() {
         if message.ends_with(": ") {
             assert_error_prefix(response, message, &token, &context).await;
         } else {
-            assert_error(response, status, message, &token, &context).await;
+            assert_error_no_leak(response, status, message, &token, &context).await;
         }
         assert_eq!(app.bdd.records().len(), 1, "{context}: record kept");
         assert!(
@@ -1152,7 +1138,7 @@ async fn delete_answers_503_and_keeps_the_record_when_storage_is_unreachable() {
     let response = app.delete(&format!("/api/images/{id}"), &token).await;
 
     // Assert
-    assert_error(
+    assert_error_no_leak(
         response,
         503,
         "Service de stockage indisponible",
@@ -1178,7 +1164,7 @@ async fn delete_converges_on_retry_when_the_record_delete_fails_after_the_remova
     let failed = app.delete(&format!("/api/images/{id}"), &token).await;
 
     // Assert
-    assert_error(failed, 502, "Erreur du service BDD", &token, "step 3").await;
+    assert_error_no_leak(failed, 502, "Erreur du service BDD", &token, "step 3").await;
     assert!(app.objects().is_empty(), "object gone");
     assert_eq!(app.bdd.records().len(), 1, "record kept");
     let deletes = calls(&app.bdd_calls(), &Method::DELETE);

@@ -15,6 +15,8 @@ use stand_ins::{Fault, FaultRule};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+#[path = "../common/mod.rs"]
+mod common;
 #[path = "../api/helpers.rs"]
 mod helpers;
 use helpers::*;
@@ -22,7 +24,6 @@ use helpers::*;
 /// Held by every test here: what one measures is never shared with another.
 static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const BIN: &str = env!("CARGO_BIN_EXE_image-service");
 const MIB: u64 = 1024 * 1024;
 
 /// The built binary, against `stand_ins`' upstreams, on a free port.
@@ -34,35 +35,16 @@ struct Binary {
 
 impl Binary {
     async fn start(stand_ins: &TestApp, env: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut command = tokio::process::Command::new(BIN);
-        command
-            .current_dir(std::env::temp_dir())
-            .env_clear()
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string())
-            .env("LOG_LEVEL", "warn")
-            .env("CLERK_ISSUER", stand_ins.clerk.issuer())
-            .env("SUPABASE_URL", stand_ins.storage.url())
-            .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
-            .env("BDD_SERVICE_URL", stand_ins.bdd.url())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let child = command.spawn().unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while reqwest::get(format!("{base}/api/health")).await.is_err() {
-            assert!(Instant::now() < deadline, "binary did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let env: Vec<(&str, &str)> = [("LOG_LEVEL", "warn")]
+            .into_iter()
+            .chain(env.iter().copied())
+            .collect();
+        let (child, base) = start_binary(stand_ins, "hostile", Stdio::null(), &env).await;
+        let port = base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the base URL");
         Self { child, base, port }
     }
 
@@ -464,7 +446,7 @@ async fn a_body_slower_than_the_minimum_rate_is_cut_with_408_and_frees_its_slot(
     )
     .await;
     let token = app.token("user_slow");
-    let addr = app.address.trim_start_matches("http://").to_owned();
+    let addr = app.host().to_owned();
     let mut slow = stalled_create(&addr, &token, 100_000, false).await;
 
     // Act: 1 KiB a second.
