@@ -219,6 +219,11 @@ proptest! {
         if let Some((k, v)) = extra {
             header.entry(k).or_insert(json!(v));
         }
+        // The session-token header rules: typ JWT (any case), no crit, a
+        // session cat if any.
+        let header_ok = header.get("typ").is_none_or(|t| t.as_str().is_some_and(|t| t.eq_ignore_ascii_case("JWT")))
+            && !header.contains_key("crit")
+            && header.get("cat").is_none_or(|c| c == "cl_B7d4PD111AAA" || c == "cl_I7d4PD111III");
         let claims = json!({"sub": "user_1", "iss": "x", "exp": 1, "pad": "p".repeat(padding)});
         let token = format!(
             "{}.{}.{}",
@@ -229,7 +234,7 @@ proptest! {
         let kid_ok = kid
             .as_ref()
             .is_none_or(|k| (1..=256).contains(&k.chars().count()));
-        let should_pass = alg == "RS256" && kid_ok && token.len() <= MAX_TOKEN_LEN;
+        let should_pass = alg == "RS256" && kid_ok && header_ok && token.len() <= MAX_TOKEN_LEN;
         match precheck(&token) {
             Ok(found) => {
                 prop_assert!(should_pass, "accepted alg {alg:?}, kid {kid:?}, {} bytes", token.len());
