@@ -11,6 +11,7 @@ mod binary;
 mod container;
 mod cors;
 mod errors;
+mod exactly_once;
 mod front_door;
 mod headers;
 mod health;

@@ -94,6 +94,10 @@ pub enum Fault {
     /// Handle the request (its effect happens), then wait this long before
     /// answering: an answer that comes too late.
     DelayAfter(Duration),
+    /// Handle the request after this long, even if the client has given up
+    /// by then: an effect that lands late (an upload stored after its
+    /// timeout).
+    ActLate(Duration),
     /// Handle the request (its effect happens), then close the connection
     /// without answering: an answer lost.
     DropAfter,
@@ -387,6 +391,16 @@ async fn record_and_fault(State(shared): State<Arc<Shared>>, req: Request, next:
             // Served without our accept loop (e.g. `Router::oneshot`): no socket to close.
             None => return (shared.status_body)(StatusCode::BAD_GATEWAY),
         },
+        Some(Fault::ActLate(d)) => {
+            let request = Request::from_parts(parts, Body::from(body));
+            let late = tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                next.run(request).await
+            });
+            return late
+                .await
+                .unwrap_or_else(|_| (shared.status_body)(StatusCode::INTERNAL_SERVER_ERROR));
+        }
         Some(Fault::DelayAfter(d)) => {
             let response = next.run(Request::from_parts(parts, Body::from(body))).await;
             tokio::time::sleep(d).await;
