@@ -777,6 +777,7 @@ async fn storage_js_gets_from_the_stand_in_what_it_got_from_the_real_server() {
     // Assert
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
     assert!(
         output.status.success(),
         "storage-js met a Storage unlike the real one:\n{stdout}\n{stderr}"
