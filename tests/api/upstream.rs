@@ -894,7 +894,7 @@ async fn an_upload_refused_for_a_bad_key_answers_502_with_storages_message() {
     assert_error_no_leak(
         response,
         502,
-        "Erreur lors de l'upload: Invalid or missing service key",
+        "Erreur lors de l'upload: Invalid Compact JWS",
         &token,
         "bad key",
     )
@@ -1093,7 +1093,7 @@ async fn delete_keeps_the_record_when_the_removal_is_refused_dropped_or_slow() {
         (
             Fault::Status(403),
             502,
-            "Erreur lors de la suppression: Invalid or missing service key",
+            "Erreur lors de la suppression: signature verification failed",
         ),
         (Fault::Status(500), 502, "Erreur lors de la suppression: "),
         (Fault::Drop, 502, "Erreur lors de la suppression: "),

@@ -21,8 +21,10 @@ use stand_ins::{
 
 /// The dev stack's user when no other is asked for.
 pub const DEMO_USER: &str = "user_demo";
-/// Service key the local Storage accepts (not a secret: it guards nothing real).
-pub const DEV_SERVICE_KEY: &str = "dev-service-role-key";
+/// Service key the local Storage accepts: a local Supabase's well-known
+/// `service_role` JWT, so scripts and supabase-js meet the key form the real
+/// server wants (not a secret: it guards nothing real).
+pub const DEV_SERVICE_KEY: &str = stand_ins::storage::LOCAL_SERVICE_ROLE_KEY;
 /// Lifetime of the printed demo token.
 const DEMO_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 

@@ -21,4 +21,4 @@ pub mod storage;
 pub use bdd::{owner_uuid, BddMode, BddOptions, BddStandIn};
 pub use clerk::{claims_of_kind, standard_claims, test_key, ClerkStandIn, SigningKey, TokenKind};
 pub use server::{Fault, FaultRule, RecordedRequest, StandIn};
-pub use storage::{StorageOptions, StorageStandIn};
+pub use storage::{ObjectInfo, StorageOptions, StorageStandIn};

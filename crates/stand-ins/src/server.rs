@@ -245,6 +245,18 @@ impl StandIn {
         port: u16,
         status_body: StatusBody,
     ) -> std::io::Result<StandIn> {
+        Self::start_behind(router, port, status_body, |app| app).await
+    }
+
+    /// Like [`StandIn::start_with`], with `edge` wrapped around the recording
+    /// and fault layer: what a gateway in front of the real service does
+    /// (answers it gives itself are neither recorded nor faulted).
+    pub async fn start_behind(
+        router: Router,
+        port: u16,
+        status_body: StatusBody,
+        edge: impl FnOnce(Router) -> Router,
+    ) -> std::io::Result<StandIn> {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -258,13 +270,9 @@ impl StandIn {
         });
         // The recording middleware buffers the body with its own limit, so
         // axum's per-extractor default must not cut in earlier.
-        let app =
-            router
-                .layer(DefaultBodyLimit::disable())
-                .layer(axum::middleware::from_fn_with_state(
-                    shared.clone(),
-                    record_and_fault,
-                ));
+        let app = edge(router.layer(DefaultBodyLimit::disable()).layer(
+            axum::middleware::from_fn_with_state(shared.clone(), record_and_fault),
+        ));
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, app, stop.clone()));
         Ok(StandIn {
