@@ -19,6 +19,7 @@ mod images;
 mod limits;
 mod metrics;
 mod openapi;
+mod reconcile;
 mod shutdown;
 mod token_kinds;
 mod upstream;
