@@ -15,13 +15,16 @@ use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::auth::Verifier;
-use crate::cleaner::{Cleaner, MemoryQueue};
+use crate::cleaner::shared::SharedQueue;
+use crate::cleaner::{Cleaner, CleanupQueue, MemoryQueue};
 use crate::clients::{bdd::BddClient, http_client, storage::StorageClient};
 use crate::config::Config;
 use crate::connections::{Connections, Registered, Tracked};
-use crate::idempotency::MemoryStore;
+use crate::idempotency::shared::SharedStore;
+use crate::idempotency::{IdempotencyStore, MemoryStore};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::redis_link::RedisLink;
 use crate::routes;
 use crate::state::{AppState, Shared, UploadSlots};
 
@@ -78,8 +81,26 @@ impl App {
             config.upstream_timeout,
             metrics.clone(),
         );
+        // What instances share: in Redis when one is configured, else here.
+        let redis = match &config.redis_url {
+            Some(url) => Some(
+                RedisLink::new(url.expose(), metrics.clone()).map_err(BuildError::Setup)?,
+            ),
+            None => None,
+        };
+        let (idempotency, queue): (Arc<dyn IdempotencyStore>, Arc<dyn CleanupQueue>) =
+            match &redis {
+                Some(link) => (
+                    Arc::new(SharedStore::new(link.clone(), config.idempotency_ttl)),
+                    Arc::new(SharedQueue::new(link.clone(), cleanup_lease(&config))),
+                ),
+                None => (
+                    Arc::new(MemoryStore::new(config.idempotency_ttl)),
+                    Arc::new(MemoryQueue::default()),
+                ),
+            };
         let cleaner = Cleaner::new(
-            Arc::new(MemoryQueue::default()),
+            queue,
             storage.clone(),
             bdd.clone(),
             metrics.clone(),
@@ -89,13 +110,14 @@ impl App {
         cleaner.spawn(cleaner_stop.clone());
         metrics.cleanup_pending(0);
         let state = AppState::new(Shared {
-            idempotency: Arc::new(MemoryStore::new(config.idempotency_ttl)),
+            idempotency,
+            rate_limiter: RateLimiter::new(config.rate_limit_per_minute, redis.clone()),
+            redis,
             cleaner,
             storage,
             bdd,
             metrics,
             verifier: Arc::new(verifier),
-            rate_limiter: RateLimiter::new(config.rate_limit_per_minute),
             upload_slots: UploadSlots::new(
                 config.max_uploads_in_flight,
                 config.max_uploads_per_user,
@@ -258,6 +280,12 @@ where
     fn close_gracefully(self: std::pin::Pin<&mut Self>) {
         self.graceful_shutdown();
     }
+}
+
+/// How long a cleanup task taken from a shared queue stays its worker's:
+/// longer than one attempt can take (a read-back and a removal).
+fn cleanup_lease(config: &Config) -> std::time::Duration {
+    2 * (config.upload_timeout + config.upstream_timeout) + std::time::Duration::from_secs(2)
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -123,6 +123,8 @@ pub struct Config {
     /// How long an `Idempotency-Key` is remembered, and the longest a
     /// cleanup is retried.
     pub idempotency_ttl: Duration,
+    /// Redis shared by every instance; `None`: one instance, state in process.
+    pub redis_url: Option<Secret>,
     /// Budget of the whole `/api/ready` check.
     pub ready_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
@@ -250,6 +252,14 @@ impl Config {
         let max_uploads_in_flight = r.positive("MAX_UPLOADS_IN_FLIGHT", "8");
         let max_uploads_per_user = r.positive("MAX_UPLOADS_PER_USER", "2");
         let idempotency_ttl = r.positive("IDEMPOTENCY_TTL_SECS", "86400");
+        let redis_url = r.optional("REDIS_URL");
+        if let Some(url) = &redis_url {
+            // Never echoed: it may carry a password.
+            let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+            if !scheme_ok || redis::Client::open(url.as_str()).is_err() {
+                r.problem("REDIS_URL: expected a redis://[user:password@]host[:port][/db] URL");
+            }
+        }
         let min_body_rate = r.positive("MIN_BODY_RATE_BYTES_PER_SEC", "65536");
         let rate_limit_per_minute = r.parsed(
             "RATE_LIMIT_PER_MINUTE",
@@ -319,6 +329,7 @@ impl Config {
             body_grace: Duration::from_secs(5),
             max_header_bytes: 32 * 1024,
             idempotency_ttl: Duration::from_secs(idempotency_ttl.ok_or_else(missing)?),
+            redis_url: redis_url.map(Secret::new),
             ready_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
         })

@@ -50,7 +50,7 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let AuthUser(user) = AuthUser::from_request_parts(parts, state).await?;
         if let Some(limiter) = &state.rate_limiter {
-            limiter.check(&user)?;
+            limiter.check(&user).await?;
         }
         Ok(Self(user))
     }

@@ -236,6 +236,11 @@ impl Metrics {
         );
     }
 
+    /// A Redis call failed (`redis_errors_total`).
+    pub fn redis_error(&self) {
+        self.counter("redis_errors_total", vec![], 1);
+    }
+
     /// Bytes stored in Storage by successful creates.
     pub fn bytes_stored(&self, bytes: u64) {
         self.counter("stored_bytes_total", vec![], bytes);

@@ -16,6 +16,7 @@ use crate::domain::UserId;
 use crate::idempotency::IdempotencyStore;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::redis_link::RedisLink;
 
 /// Shared application state: one `Arc`, so extracting it costs one increment.
 #[derive(Clone)]
@@ -54,6 +55,8 @@ pub struct Shared {
     pub rate_limiter: Option<Arc<RateLimiter>>,
     /// Idempotency keys of creates.
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// The Redis instances share, when configured (readiness).
+    pub redis: Option<RedisLink>,
     /// Removes what failed creates leave in Storage.
     pub cleaner: Cleaner,
     /// Multi-step operations run here so a client hanging up cannot cut them

@@ -53,9 +53,14 @@ pub async fn ready(State(state): State<AppState>, request_id: RequestId) -> Resp
             |e| e.fault()
         ),
     );
-    let all_ok = bdd.is_none() && auth.is_none() && storage.is_none();
-    let show = |r: Option<UpstreamFault>| r.map_or_else(|| "ok".to_owned(), |f| f.to_string());
-    let checks = json!({"bdd": show(bdd), "auth": show(auth), "storage": show(storage)});
+    let show = |r: &Option<UpstreamFault>| r.map_or_else(|| "ok".to_owned(), |f| f.to_string());
+    let mut checks = json!({"bdd": show(&bdd), "auth": show(&auth), "storage": show(&storage)});
+    let mut all_ok = bdd.is_none() && auth.is_none() && storage.is_none();
+    if let Some(link) = &state.redis {
+        let redis = check("redis", budget, link.ping(), |e| e.fault).await;
+        all_ok &= redis.is_none();
+        checks["redis"] = show(&redis).into();
+    }
     if all_ok {
         json_response(StatusCode::OK, json!({"success": true, "checks": checks}))
     } else {

@@ -6,10 +6,13 @@
 //! first retry after about a second, then doubling, at most 5 minutes apart,
 //! for at most `IDEMPOTENCY_TTL_SECS`) until the object is removed or a
 //! record is found to point at it. The queue behind [`CleanupQueue`] lives
-//! in process here ([`MemoryQueue`]); a shared one lets another instance
-//! finish what a dead one queued.
+//! in process ([`MemoryQueue`]) for one instance, or in Redis
+//! ([`shared::SharedQueue`]), where another instance finishes what a dead
+//! one queued.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+pub mod shared;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -159,7 +162,6 @@ struct Inner {
     /// How long a chore is retried at most.
     give_up_after: Duration,
     wake: Notify,
-    next_id: AtomicU64,
     /// Tasks being worked on now (counted in `cleanup_pending`).
     running: AtomicUsize,
 }
@@ -180,20 +182,15 @@ impl Cleaner {
             metrics,
             give_up_after,
             wake: Notify::new(),
-            next_id: AtomicU64::new(0),
             running: AtomicUsize::new(0),
         }))
     }
 
     /// Queues `chore`, first tried after `delay`.
     pub async fn queue(&self, chore: Chore, delay: Duration) {
-        let id = format!(
-            "{}-{}",
-            unix_ms(),
-            self.0.next_id.fetch_add(1, Ordering::Relaxed)
-        );
         let task = Task {
-            id,
+            // Unique across instances sharing one queue.
+            id: uuid::Uuid::new_v4().to_string(),
             chore,
             attempts: 0,
             queued_at_ms: unix_ms(),

@@ -3,8 +3,8 @@
 //!
 //! A key belongs to the user who sent it and is remembered from its first
 //! use for `IDEMPOTENCY_TTL_SECS`. The store behind [`IdempotencyStore`] is
-//! in process here ([`MemoryStore`], bounded); a shared one lets a retry
-//! reach any instance.
+//! in process ([`MemoryStore`], bounded) for one instance, or in Redis
+//! ([`shared::SharedStore`]) so that a retry may reach any instance.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,6 +15,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::UserId;
+
+pub mod shared;
 
 /// `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
