@@ -83,22 +83,22 @@ impl App {
         );
         // What instances share: in Redis when one is configured, else here.
         let redis = match &config.redis_url {
-            Some(url) => Some(
-                RedisLink::new(url.expose(), metrics.clone()).map_err(BuildError::Setup)?,
-            ),
+            Some(url) => {
+                Some(RedisLink::new(url.expose(), metrics.clone()).map_err(BuildError::Setup)?)
+            }
             None => None,
         };
-        let (idempotency, queue): (Arc<dyn IdempotencyStore>, Arc<dyn CleanupQueue>) =
-            match &redis {
-                Some(link) => (
-                    Arc::new(SharedStore::new(link.clone(), config.idempotency_ttl)),
-                    Arc::new(SharedQueue::new(link.clone(), cleanup_lease(&config))),
-                ),
-                None => (
-                    Arc::new(MemoryStore::new(config.idempotency_ttl)),
-                    Arc::new(MemoryQueue::default()),
-                ),
-            };
+        let (idempotency, queue): (Arc<dyn IdempotencyStore>, Arc<dyn CleanupQueue>) = match &redis
+        {
+            Some(link) => (
+                Arc::new(SharedStore::new(link.clone(), config.idempotency_ttl)),
+                Arc::new(SharedQueue::new(link.clone(), cleanup_lease(&config))),
+            ),
+            None => (
+                Arc::new(MemoryStore::new(config.idempotency_ttl)),
+                Arc::new(MemoryQueue::default()),
+            ),
+        };
         let cleaner = Cleaner::new(
             queue,
             storage.clone(),

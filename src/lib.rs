@@ -19,8 +19,8 @@ pub mod idempotency; // Idempotency-Key: claims, replays, the key store
 pub mod metrics; // Prometheus metrics
 pub mod middleware; // the edge: span, head limit, CORS, security headers, metrics, log line
 pub mod ratelimit; // the per-user rate limit, in process or in Redis
-pub mod redis_link; // the one connection to Redis, when instances share it
 pub mod reconcile; // `image-service reconcile`: what a crash left in Storage
+pub mod redis_link; // the one connection to Redis, when instances share it
 pub mod request_id; // the request id: type, header, extractor
 pub mod response; // JSON answers and timestamps
 pub mod routes; // the router and the handlers, nothing else

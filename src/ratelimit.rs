@@ -67,7 +67,9 @@ pub struct LocalLimiter {
 
 impl LocalLimiter {
     fn new(per_minute: NonZeroU32) -> Self {
-        let inner = Arc::new(DefaultKeyedRateLimiter::keyed(Quota::per_minute(per_minute)));
+        let inner = Arc::new(DefaultKeyedRateLimiter::keyed(Quota::per_minute(
+            per_minute,
+        )));
         // Keeps memory bounded by the users active in the last minute.
         let weak: Weak<DefaultKeyedRateLimiter<UserId>> = Arc::downgrade(&inner);
         tokio::spawn(async move {

@@ -83,7 +83,8 @@ impl RedisLink {
             Ok(Err(e)) => RedisDown {
                 fault: if e.is_timeout() {
                     UpstreamFault::Timeout
-                } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+                {
                     UpstreamFault::Unreachable
                 } else {
                     UpstreamFault::BadAnswer

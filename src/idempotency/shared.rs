@@ -127,7 +127,12 @@ impl IdempotencyStore for SharedStore {
         }
     }
 
-    async fn complete(&self, user: &UserId, key: &IdempotencyKey, body: Bytes) -> Result<(), StoreDown> {
+    async fn complete(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+        body: Bytes,
+    ) -> Result<(), StoreDown> {
         self.set_state(user, key, "done", &body, None).await
     }
 
@@ -145,7 +150,8 @@ impl IdempotencyStore for SharedStore {
         key: &IdempotencyKey,
         attempt: Undecided,
     ) -> Result<(), StoreDown> {
-        self.set_state(user, key, "undecided", b"", Some(&attempt)).await
+        self.set_state(user, key, "undecided", b"", Some(&attempt))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreDown> {
