@@ -7,6 +7,7 @@
 
 pub mod app; // App::build (listener, state, router), the accept loop, graceful shutdown
 pub mod auth; // token verification only: claims, JWKS key store, verified-token cache
+pub mod body; // request bodies read at the contract's pace; upload slots taken
 pub mod cleaner; // the cleanup queue and its background worker
 pub mod clients; // shared HTTP client; storage.rs (+ object paths); bdd.rs (+ owner check)
 pub mod config; // Config from the environment, fail-fast

@@ -242,6 +242,35 @@ impl StorageClient {
         self.send(request).await.map(drop)
     }
 
+    /// Uploads a new object whose bytes arrive on `chunks` as they are
+    /// decoded (chunked transfer encoding); never overwrites. An `Err` on
+    /// `chunks` aborts the upload. `timeout` bounds the whole call, the
+    /// body's own time included.
+    pub async fn upload_stream(
+        &self,
+        path: &ObjectPath,
+        content_type: &str,
+        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+        timeout: Duration,
+        request_id: &RequestId,
+    ) -> Result<(), StorageError> {
+        let stream = futures_util::stream::unfold(chunks, |mut chunks| async move {
+            chunks.recv().await.map(|chunk| (chunk, chunks))
+        });
+        let request = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/object/{}/{path}", self.bucket),
+                request_id,
+            )
+            .timeout(timeout)
+            .header("content-type", content_type)
+            .header("cache-control", "max-age=3600")
+            .header("x-upsert", "false")
+            .body(reqwest::Body::wrap_stream(stream));
+        self.send(request).await.map(drop)
+    }
+
     /// Removes an object; a missing object counts as removed.
     #[tracing::instrument(level = "debug", skip(self, request_id))]
     pub async fn remove(

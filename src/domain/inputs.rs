@@ -259,94 +259,155 @@ fn compact_shape(text: &str) -> (usize, usize) {
     (length, deepest)
 }
 
+/// What became of `imageData`, decided by whoever decoded it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageCheck<T> {
+    /// An image the contract accepts.
+    Accepted(T),
+    /// Absent, empty, or not a string.
+    Required,
+    /// Refused.
+    Refused(ImageDataError),
+    /// The string itself is not valid JSON: the body is not JSON.
+    InvalidJson,
+}
+
+/// A create body's fields but the image, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateText {
+    /// The prompt, 1..=1000 characters.
+    pub prompt: String,
+    /// Caller's metadata object, `{}` when absent.
+    pub metadata: Value,
+}
+
 impl NewImage {
-    /// Parses and checks a create body; an absent or mistyped field fails
-    /// only its first check, and checks are reported in the contract's order.
-    ///
-    /// Nothing is built from a field before its size is known to be sane: a
-    /// rejected value is echoed only up to 4 KiB, and `metadata` is built
-    /// only once it is known to be at most 16 KiB and 16 levels deep.
+    /// Parses and checks a whole create body, its image decoded at once.
     pub fn from_json(body: &[u8], max_image_bytes: usize) -> Result<Self, NewImageError> {
-        let root: &RawValue =
-            serde_json::from_slice(body).map_err(|e| NewImageError::InvalidJson(e.to_string()))?;
-        // Any JSON that is not an object has none of the fields.
-        let fields: RawCreate<'_> = if root.get().starts_with('{') {
-            serde_json::from_str(root.get())
-                .map_err(|e| NewImageError::InvalidJson(e.to_string()))?
-        } else {
-            RawCreate::default()
-        };
-        let mut errors = Vec::new();
-        let body_field = |raw, msg| FieldError::raw(Location::Body, "prompt", raw, msg);
-
-        let prompt = match fields.prompt.and_then(raw_string) {
-            Some(p) if !p.is_empty() => {
-                if p.chars().count() > 1000 {
-                    errors.push(body_field(fields.prompt, msg::PROMPT_TOO_LONG));
-                }
-                Some(p.into_owned())
-            }
-            _ => {
-                errors.push(body_field(fields.prompt, msg::PROMPT_REQUIRED));
-                None
-            }
-        };
-
-        // imageData is never echoed back: it can be megabytes.
-        let image_error = |msg| FieldError::unechoed(Location::Body, "imageData", msg);
-        let mut too_large = false;
-        let image = match fields.image_data.and_then(json_string_content) {
+        let (text, image) = check_create(body, |raw| match raw.and_then(json_string_content) {
             Some(data) if !data.is_empty() => match decode_json_string(data, max_image_bytes) {
-                Ok(image) => Some(image),
-                Err(ImageDataError::NotBase64) => {
-                    errors.push(image_error(msg::IMAGE_NOT_BASE64));
-                    None
-                }
-                Err(ImageDataError::UnsupportedFormat) => {
-                    errors.push(image_error(msg::IMAGE_FORMAT));
-                    None
-                }
-                Err(ImageDataError::TooLarge) => {
-                    too_large = true;
-                    None
-                }
+                Ok(image) => ImageCheck::Accepted(image),
+                Err(e) => ImageCheck::Refused(e),
             },
-            _ => {
-                errors.push(image_error(msg::IMAGE_REQUIRED));
-                None
-            }
-        };
-
-        let metadata_error =
-            |msg| FieldError::raw(Location::Body, "metadata", fields.metadata, msg);
-        let metadata = match fields.metadata {
-            None => Some(Value::Object(Default::default())),
-            Some(raw) if raw.get().starts_with('{') => {
-                let (length, depth) = compact_shape(raw.get());
-                if length > MAX_METADATA_BYTES || depth > MAX_METADATA_DEPTH {
-                    errors.push(metadata_error(msg::METADATA_TOO_LARGE));
-                    None
-                } else {
-                    serde_json::from_str(raw.get()).ok()
-                }
-            }
-            Some(_) => {
-                errors.push(metadata_error(msg::METADATA_OBJECT));
-                None
-            }
-        };
-
-        match (prompt, image, metadata) {
-            _ if !errors.is_empty() => Err(NewImageError::Invalid(errors)),
-            _ if too_large => Err(NewImageError::TooLarge),
-            (Some(prompt), Some(image), Some(metadata)) => Ok(Self {
-                prompt,
-                image,
-                metadata,
-            }),
-            _ => Err(NewImageError::Invalid(errors)),
-        }
+            _ => ImageCheck::Required,
+        })?;
+        Ok(Self {
+            prompt: text.prompt,
+            image,
+            metadata: text.metadata,
+        })
     }
+}
+
+/// Parses and checks a create body; an absent or mistyped field fails only
+/// its first check, and checks are reported in the contract's order.
+/// `image` decides `imageData` from its raw JSON value (when present).
+///
+/// Nothing is built from a field before its size is known to be sane: a
+/// rejected value is echoed only up to 4 KiB, and `metadata` is built only
+/// once it is known to be at most 16 KiB and 16 levels deep.
+pub fn check_create<T>(
+    body: &[u8],
+    image: impl FnOnce(Option<&RawValue>) -> ImageCheck<T>,
+) -> Result<(CreateText, T), NewImageError> {
+    let root: &RawValue =
+        serde_json::from_slice(body).map_err(|e| NewImageError::InvalidJson(e.to_string()))?;
+    // Any JSON that is not an object has none of the fields.
+    let fields: RawCreate<'_> = if root.get().starts_with('{') {
+        serde_json::from_str(root.get()).map_err(|e| NewImageError::InvalidJson(e.to_string()))?
+    } else {
+        RawCreate::default()
+    };
+    let mut errors = Vec::new();
+    let body_field = |raw, msg| FieldError::raw(Location::Body, "prompt", raw, msg);
+
+    let prompt = match fields.prompt.and_then(raw_string) {
+        Some(p) if !p.is_empty() => {
+            if p.chars().count() > 1000 {
+                errors.push(body_field(fields.prompt, msg::PROMPT_TOO_LONG));
+            }
+            Some(p.into_owned())
+        }
+        _ => {
+            errors.push(body_field(fields.prompt, msg::PROMPT_REQUIRED));
+            None
+        }
+    };
+
+    // imageData is never echoed back: it can be megabytes.
+    let image_error = |msg| FieldError::unechoed(Location::Body, "imageData", msg);
+    let mut too_large = false;
+    let image = match image(fields.image_data) {
+        ImageCheck::Accepted(image) => Some(image),
+        ImageCheck::InvalidJson => {
+            return Err(NewImageError::InvalidJson(
+                "imageData is not a valid JSON string".into(),
+            ))
+        }
+        ImageCheck::Required => {
+            errors.push(image_error(msg::IMAGE_REQUIRED));
+            None
+        }
+        ImageCheck::Refused(ImageDataError::NotBase64) => {
+            errors.push(image_error(msg::IMAGE_NOT_BASE64));
+            None
+        }
+        ImageCheck::Refused(ImageDataError::UnsupportedFormat) => {
+            errors.push(image_error(msg::IMAGE_FORMAT));
+            None
+        }
+        ImageCheck::Refused(ImageDataError::TooLarge) => {
+            too_large = true;
+            None
+        }
+    };
+
+    let metadata_error = |msg| FieldError::raw(Location::Body, "metadata", fields.metadata, msg);
+    let metadata = match fields.metadata {
+        None => Some(Value::Object(Default::default())),
+        Some(raw) if raw.get().starts_with('{') => {
+            let (length, depth) = compact_shape(raw.get());
+            if length > MAX_METADATA_BYTES || depth > MAX_METADATA_DEPTH {
+                errors.push(metadata_error(msg::METADATA_TOO_LARGE));
+                None
+            } else {
+                serde_json::from_str(raw.get()).ok()
+            }
+        }
+        Some(_) => {
+            errors.push(metadata_error(msg::METADATA_OBJECT));
+            None
+        }
+    };
+
+    match (prompt, image, metadata) {
+        _ if !errors.is_empty() => Err(NewImageError::Invalid(errors)),
+        _ if too_large => Err(NewImageError::TooLarge),
+        (Some(prompt), Some(image), Some(metadata)) => Ok((CreateText { prompt, metadata }, image)),
+        _ => Err(NewImageError::Invalid(errors)),
+    }
+}
+
+/// Whether the fields a create body holds before its `imageData` (the
+/// skeleton so far) pass their checks, so the image may be uploaded while
+/// it arrives. Absent fields may still come later; `false` also when what
+/// came is not the start of a JSON object (the body is then refused anyway).
+pub fn leading_fields_valid(prefix: &[u8], placeholder: &str) -> bool {
+    let mut text = Vec::with_capacity(prefix.len() + placeholder.len() + 1);
+    text.extend_from_slice(prefix);
+    text.extend_from_slice(placeholder.as_bytes());
+    text.push(b'}');
+    let Ok(fields) = serde_json::from_slice::<RawCreate<'_>>(&text) else {
+        return false;
+    };
+    let prompt_ok = fields.prompt.is_none_or(|raw| {
+        raw_string(raw).is_some_and(|p| !p.is_empty() && p.chars().count() <= 1000)
+    });
+    let metadata_ok = fields.metadata.is_none_or(|raw| {
+        let (length, depth) = compact_shape(raw.get());
+        raw.get().starts_with('{') && length <= MAX_METADATA_BYTES && depth <= MAX_METADATA_DEPTH
+    });
+    prompt_ok && metadata_ok
 }
 
 /// A JSON string's content, borrowed when it has no escapes; `None` if not a string.

@@ -2,14 +2,21 @@
 //! the BDD, and make sure that whatever fails, the image exists once or not
 //! at all.
 //!
-//! - An upload whose answer was lost or came too late may land anyway: the
-//!   cleaner removes it (again, until it could no longer land).
+//! - The body streams: `imageData` is decoded as it arrives and its bytes go
+//!   on to Storage at once (chunked), so a create holds a few blocks of its
+//!   image, never all of it, and the upload overlaps the receiving. The
+//!   rest of the body is checked when it has all arrived; a failure then
+//!   removes the object. Fields that come before `imageData` are checked
+//!   before anything is uploaded.
+//! - An upload whose answer was lost, came too late, or was cut off may land
+//!   anyway: the cleaner removes it (again, until it could no longer land).
 //! - A record create whose outcome is unknown (timeout, connection closed
 //!   after sending, 5xx) is settled by reading the user's newest records
 //!   back: found, it is a success; absent, the object is removed; the read
 //!   failing too, the object is kept and the cleaner settles it later.
-//! - With an `Idempotency-Key`, a retry replays the first `201`, waits for
-//!   a running first request (`409`), settles an undecided one first.
+//! - With an `Idempotency-Key`, a retry replays the first `201` (`422` for
+//!   another body), waits for a running first request (`409`), and settles
+//!   an undecided one first. The body's fingerprint is computed as it passes.
 
 use std::time::Duration;
 
@@ -17,23 +24,36 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
+use crate::body::{upload_slot, PacedBody};
 use crate::clients::bdd::{BddError, CreatedRecord};
-use crate::clients::storage::ObjectPath;
-use crate::domain::{NewImage, UserId};
+use crate::clients::storage::{ObjectPath, StorageError};
+use crate::domain::body_scan::{BodyScan, Event, PLACEHOLDER};
+use crate::domain::image_stream::{ImageStream, StreamOutcome};
+use crate::domain::{
+    check_create, leading_fields_valid, CreateText, ImageCheck, ImageKind, NewImage, NewImageError,
+    UserId,
+};
 use crate::error::{ApiError, StorageOp};
-use crate::idempotency::{Claim, Fingerprint, IdempotencyKey, Undecided, IDEMPOTENT_REPLAYED};
+use crate::extract::CreateRequest;
+use crate::idempotency::{
+    Claim, Fingerprint, Hasher, IdempotencyKey, Undecided, IDEMPOTENT_REPLAYED,
+};
 use crate::request_id::RequestId;
 use crate::response::json_response;
 use crate::state::{AppState, UploadSlot};
 
-/// A create's `Idempotency-Key` and the fingerprint of its body.
-pub struct Keyed {
-    /// The key.
-    pub key: IdempotencyKey,
-    /// SHA-256 of the body.
-    pub fingerprint: Fingerprint,
-}
+/// Decoded bytes sent to Storage at once.
+const UPLOAD_CHUNK: usize = 64 * 1024;
+/// Decoded bytes held before an upload starts: an image smaller than this
+/// is uploaded only once the whole body has passed its checks, so a refused
+/// small create never reaches Storage; a larger one streams from here on.
+const UPLOAD_START: usize = 256 * 1024;
+/// Chunks waiting for Storage at most: the receiving waits beyond (TCP
+/// back-pressure on the client), so memory stays bounded.
+const UPLOAD_QUEUE: usize = 4;
 
 /// A failed attempt: the answer, and the attempt if its record may exist.
 struct Failure {
@@ -50,62 +70,85 @@ impl Failure {
     }
 }
 
-/// Creates `image` for `user`, once, whatever fails.
+/// Creates the image of `request` for `user`, once, whatever fails.
 pub async fn create(
     state: AppState,
     user: UserId,
-    image: NewImage,
-    keyed: Option<Keyed>,
+    request: CreateRequest,
     request_id: RequestId,
-    slot: UploadSlot,
 ) -> Result<Response, ApiError> {
-    let Some(Keyed { key, fingerprint }) = keyed else {
-        let body = attempt(&state, &user, &image, &request_id, slot)
-            .await
-            .map_err(|f| f.error)?;
-        return Ok(created(body));
+    let CreateRequest { key, body } = request;
+    let Some(key) = key else {
+        let (slot, body) = upload_slot(&state, &user, body).await?;
+        let created = streamed(&state, &user, body, slot, None, &request_id).await;
+        return created.map(created_response).map_err(|f| f.error);
     };
-    let claim = state
-        .idempotency
-        .claim(&user, &key, fingerprint, lease(&state))
+    let store = state.idempotency.clone();
+    let claim = store
+        .claim(&user, &key, lease(&state))
         .await
         .map_err(|e| ApiError::CoordinationUnavailable(e.to_string()))?;
     match claim {
-        Claim::Replay(body) => {
-            drop(slot);
-            tracing::info!(key = key.as_str(), "replayed the first answer");
-            Ok(replayed(body))
+        Claim::InFlight => {
+            body.discard().await;
+            Err(ApiError::IdempotencyInFlight)
         }
-        Claim::InFlight => Err(ApiError::IdempotencyInFlight),
-        Claim::Mismatch => Err(ApiError::IdempotencyKeyReused),
-        Claim::Settle(earlier) => match settle(&state, &user, &earlier, &request_id).await {
-            Ok(Some(record)) => {
-                drop(slot);
-                let body = created_body(&record, &user, &image, &earlier.url);
-                remember(&state, &user, &key, Ok(body)).await
+        Claim::Done {
+            fingerprint,
+            body: answer,
+        } => {
+            // No upload, no slot: the body only has to be the same.
+            if fingerprint_of(body).await? != fingerprint {
+                return Err(ApiError::IdempotencyKeyReused);
             }
-            Ok(None) => {
-                let outcome = attempt(&state, &user, &image, &request_id, slot).await;
-                remember(&state, &user, &key, outcome).await
+            tracing::info!(key = key.as_str(), "replayed the first answer");
+            Ok(replayed(answer))
+        }
+        Claim::Settle {
+            fingerprint,
+            attempt,
+        } => {
+            let put_back = |e: ApiError| {
+                let (store, user, key, attempt) =
+                    (store.clone(), user.clone(), key.clone(), attempt.clone());
+                async move {
+                    let _ = store
+                        .leave_undecided(&user, &key, fingerprint, attempt)
+                        .await;
+                    e
+                }
+            };
+            let (slot, body) = match upload_slot(&state, &user, body).await {
+                Ok(admitted) => admitted,
+                Err(e) => return Err(put_back(e).await),
+            };
+            let bytes = match body.collect().await {
+                Ok(bytes) => bytes,
+                Err(e) => return Err(put_back(e).await),
+            };
+            if Fingerprint::of(&bytes) != fingerprint {
+                return Err(put_back(ApiError::IdempotencyKeyReused).await);
             }
-            Err(error) => {
-                drop(slot);
-                let failure = Failure {
-                    error: error.into(),
-                    undecided: Some(earlier),
-                };
-                remember(&state, &user, &key, Err(failure)).await
-            }
-        },
+            let outcome = retry_undecided(&state, &user, &bytes, attempt, slot, &request_id).await;
+            remember(&state, &user, &key, fingerprint, outcome).await
+        }
         Claim::Fresh => {
-            let outcome = attempt(&state, &user, &image, &request_id, slot).await;
-            remember(&state, &user, &key, outcome).await
+            let (slot, body) = match upload_slot(&state, &user, body).await {
+                Ok(admitted) => admitted,
+                Err(e) => {
+                    let _ = store.release(&user, &key).await;
+                    return Err(e);
+                }
+            };
+            let mut hasher = Hasher::new();
+            let outcome = streamed(&state, &user, body, slot, Some(&mut hasher), &request_id).await;
+            remember(&state, &user, &key, hasher.finish(), outcome).await
         }
     }
 }
 
 /// How long a claimed key stays in flight at most: the longest a create can
-/// take (a slot, the upload, the record, a read-back), with room to spare.
+/// take (a slot, the body, the upload, the record, a read-back), with room to spare.
 fn lease(state: &AppState) -> Duration {
     let config = &state.config;
     config.upload_slot_wait
@@ -115,20 +158,34 @@ fn lease(state: &AppState) -> Duration {
         + Duration::from_secs(10)
 }
 
+/// Reads a body only to fingerprint it.
+async fn fingerprint_of(mut body: PacedBody) -> Result<Fingerprint, ApiError> {
+    let mut hasher = Hasher::new();
+    while let Some(chunk) = body.next().await? {
+        hasher.update(&chunk);
+    }
+    Ok(hasher.finish())
+}
+
 /// Stores what a keyed create came to, and answers it.
 async fn remember(
     state: &AppState,
     user: &UserId,
     key: &IdempotencyKey,
+    fingerprint: Fingerprint,
     outcome: Result<Bytes, Failure>,
 ) -> Result<Response, ApiError> {
     let store = &state.idempotency;
     let stored = match &outcome {
-        Ok(body) => store.complete(user, key, body.clone()).await,
+        Ok(body) => store.complete(user, key, fingerprint, body.clone()).await,
         Err(Failure {
             undecided: Some(attempt),
             ..
-        }) => store.leave_undecided(user, key, attempt.clone()).await,
+        }) => {
+            store
+                .leave_undecided(user, key, fingerprint, attempt.clone())
+                .await
+        }
         Err(Failure {
             undecided: None, ..
         }) => store.release(user, key).await,
@@ -138,58 +195,358 @@ async fn remember(
         // retry meets a running key until its lease ends.
         tracing::error!(key = key.as_str(), error = %e, "idempotency outcome not stored");
     }
-    outcome.map(created).map_err(|f| f.error)
+    outcome.map(created_response).map_err(|f| f.error)
 }
 
-/// One try: upload, record, and on failure leave nothing behind.
-async fn attempt(
+/// A retry of an attempt whose outcome was unknown (its body already
+/// checked to be the same): its record if it exists, else a fresh create.
+async fn retry_undecided(
     state: &AppState,
     user: &UserId,
-    image: &NewImage,
-    request_id: &RequestId,
+    body: &[u8],
+    earlier: Undecided,
     slot: UploadSlot,
+    request_id: &RequestId,
 ) -> Result<Bytes, Failure> {
-    let path = ObjectPath::new_image(user, image.image.kind);
-    let size = image.image.bytes.len() as u64;
-    state.metrics.uploads_in_flight(1.0);
-    let uploaded = state
-        .storage
-        .upload(
-            &path,
-            image.image.bytes.clone(),
-            image.image.kind.content_type(),
-            request_id,
-        )
-        .await;
-    state.metrics.uploads_in_flight(-1.0);
-    drop(slot);
-    if let Err(e) = uploaded {
-        if e.outcome_unknown() {
-            // It may land after this answer: removed until it could not.
-            state
-                .cleaner
-                .remove_late_upload(&path, state.config.upload_timeout)
+    let image = NewImage::from_json(body, state.config.max_image_bytes)
+        .map_err(|e| Failure::known(validation_error(e)))?;
+    let text = CreateText {
+        prompt: image.prompt.clone(),
+        metadata: image.metadata.clone(),
+    };
+    match settle(state, user, &earlier, request_id).await {
+        Ok(Some(record)) => Ok(created_body(&record, user, &text, &earlier.url)),
+        Ok(None) => {
+            let path = ObjectPath::new_image(user, image.image.kind);
+            let size = image.image.bytes.len() as u64;
+            state.metrics.uploads_in_flight(1.0);
+            let uploaded = state
+                .storage
+                .upload(
+                    &path,
+                    image.image.bytes,
+                    image.image.kind.content_type(),
+                    request_id,
+                )
                 .await;
+            state.metrics.uploads_in_flight(-1.0);
+            drop(slot);
+            if let Err(e) = uploaded {
+                return Err(upload_failed(state, &path, e).await);
+            }
+            record(state, user, &text, &path, size, request_id).await
         }
-        return Err(Failure::known(ApiError::Storage(StorageOp::Upload, e)));
+        Err(error) => Err(Failure {
+            error: error.into(),
+            undecided: Some(earlier),
+        }),
     }
-    let url = state.storage.public_url(&path);
+}
+
+/// The answer to an upload that failed; one that may land later is queued
+/// for removal.
+async fn upload_failed(state: &AppState, path: &ObjectPath, e: StorageError) -> Failure {
+    if e.outcome_unknown() {
+        // It may land after this answer: removed until it could not.
+        state
+            .cleaner
+            .remove_late_upload(path, state.config.upload_timeout)
+            .await;
+    }
+    Failure::known(ApiError::Storage(StorageOp::Upload, e))
+}
+
+/// The `400`, `413` or `400 JSON invalide` of a body that fails its checks.
+fn validation_error(e: NewImageError) -> ApiError {
+    match e {
+        NewImageError::InvalidJson(detail) => ApiError::InvalidJson(detail),
+        NewImageError::Invalid(details) => ApiError::Validation(details),
+        NewImageError::TooLarge => ApiError::PayloadTooLarge,
+    }
+}
+
+/// An upload fed as the image is decoded.
+struct Upload {
+    path: ObjectPath,
+    chunks: Option<mpsc::Sender<Result<Bytes, std::io::Error>>>,
+    task: JoinHandle<Result<(), StorageError>>,
+}
+
+impl Upload {
+    fn start(state: &AppState, user: &UserId, kind: ImageKind, request_id: &RequestId) -> Self {
+        let path = ObjectPath::new_image(user, kind);
+        let (sender, receiver) = mpsc::channel(UPLOAD_QUEUE);
+        let (storage, target, request_id) =
+            (state.storage.clone(), path.clone(), request_id.clone());
+        // The whole call, the body's own time included.
+        let timeout = state.config.body_read_timeout + state.config.upload_timeout;
+        let metrics = state.metrics.clone();
+        let task = tokio::spawn(async move {
+            metrics.uploads_in_flight(1.0);
+            let result = storage
+                .upload_stream(&target, kind.content_type(), receiver, timeout, &request_id)
+                .await;
+            metrics.uploads_in_flight(-1.0);
+            result
+        });
+        Self {
+            path,
+            chunks: Some(sender),
+            task,
+        }
+    }
+
+    /// Sends decoded bytes; if Storage already gave up, the rest is dropped
+    /// (its answer says why).
+    async fn send(&mut self, chunk: Bytes) {
+        if let Some(chunks) = &self.chunks {
+            if chunks.send(Ok(chunk)).await.is_err() {
+                self.chunks = None;
+            }
+        }
+    }
+
+    /// Cuts the upload off; whatever landed is removed.
+    async fn abort(mut self, state: &AppState) {
+        if let Some(chunks) = self.chunks.take() {
+            let cut = std::io::Error::new(std::io::ErrorKind::Interrupted, "create refused");
+            let _ = chunks.try_send(Err(cut));
+        }
+        state
+            .cleaner
+            .remove_late_upload(&self.path, state.config.upload_timeout)
+            .await;
+    }
+
+    /// Ends the body and waits for Storage's answer, at most the upload timeout.
+    async fn finish(mut self, state: &AppState) -> Result<ObjectPath, Failure> {
+        drop(self.chunks.take());
+        let result = match tokio::time::timeout(state.config.upload_timeout, &mut self.task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(joined)) => Err(StorageError::Failed(format!("upload task: {joined}"))),
+            Err(_) => {
+                self.task.abort();
+                Err(StorageError::Timeout)
+            }
+        };
+        match result {
+            Ok(()) => Ok(self.path),
+            Err(e) => Err(upload_failed(state, &self.path, e).await),
+        }
+    }
+}
+
+/// The image being received, decoded and uploaded.
+struct Receiving {
+    decoder: ImageStream,
+    /// Whether the fields before it passed their checks (else nothing is uploaded).
+    may_upload: bool,
+    upload: Option<Upload>,
+}
+
+/// Reads a create's body as it arrives, uploading its image while it is
+/// decoded, then records it: the `201` body.
+async fn streamed(
+    state: &AppState,
+    user: &UserId,
+    mut body: PacedBody,
+    slot: UploadSlot,
+    mut hasher: Option<&mut Hasher>,
+    request_id: &RequestId,
+) -> Result<Bytes, Failure> {
+    let max_image = state.config.max_image_bytes;
+    let mut scan = BodyScan::new();
+    let mut current: Option<Receiving> = None;
+    // The last `imageData` string seen, and its bytes: a key given twice
+    // counts by its last value.
+    let mut last: Option<(StreamOutcome, Kept)> = None;
+    let received = loop {
+        let chunk = match body.next().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        if let Some(hasher) = hasher.as_deref_mut() {
+            hasher.update(&chunk);
+        }
+        for event in scan.feed(&chunk) {
+            match event {
+                Event::ImageStart { before } => {
+                    if let Some((_, kept)) = last.take() {
+                        kept.drop_it(state).await;
+                    }
+                    let leading = &scan.skeleton()[..before];
+                    current = Some(Receiving {
+                        decoder: ImageStream::new(max_image),
+                        may_upload: leading_fields_valid(leading, PLACEHOLDER),
+                        upload: None,
+                    });
+                }
+                Event::ImageContent(range) => {
+                    if let Some(receiving) = current.as_mut() {
+                        receiving.decoder.feed(&chunk[range]);
+                        pump(state, user, receiving, request_id).await;
+                    }
+                }
+                Event::ImageEnd => {
+                    if let Some(receiving) = current.take() {
+                        last = Some(end_of_image(state, receiving).await);
+                    }
+                }
+            }
+        }
+    };
+    let (outcome, kept) = match last {
+        Some((outcome, kept)) => (Some(outcome), kept),
+        None => (None, Kept::Nothing),
+    };
+    if let Some(receiving) = current.take() {
+        // The body ended inside the string: it is not JSON.
+        if let Some(upload) = receiving.upload {
+            upload.abort(state).await;
+        }
+    }
+    if let Err(e) = received {
+        kept.drop_it(state).await;
+        return Err(Failure::known(e));
+    }
+    let checked = match scan.finish() {
+        None => Err(NewImageError::InvalidJson(
+            "body ends inside imageData".into(),
+        )),
+        Some(skeleton) => check_create(&skeleton, |raw| match (raw, outcome) {
+            (Some(raw), Some(outcome)) if raw.get() == PLACEHOLDER => match outcome {
+                StreamOutcome::Image { kind, size } => ImageCheck::Accepted((kind, size)),
+                StreamOutcome::Empty => ImageCheck::Required,
+                StreamOutcome::Refused(e) => ImageCheck::Refused(e),
+                StreamOutcome::InvalidJson => ImageCheck::InvalidJson,
+            },
+            // Any string was streamed: what is left is absent or not a string.
+            _ => ImageCheck::Required,
+        }),
+    };
+    let (text, (kind, size)) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            kept.drop_it(state).await;
+            return Err(Failure::known(validation_error(e)));
+        }
+    };
+    let upload = match kept {
+        Kept::Uploading(upload) => upload,
+        Kept::Held(bytes) => {
+            let mut upload = Upload::start(state, user, kind, request_id);
+            upload.send(bytes).await;
+            upload
+        }
+        Kept::Nothing => {
+            return Err(Failure::known(ApiError::Internal(
+                "an accepted image was not kept".into(),
+            )))
+        }
+    };
+    let path = upload.finish(state).await?;
+    drop(slot);
+    record(state, user, &text, &path, size, request_id).await
+}
+
+/// Starts the upload once the image's format is known (and the fields
+/// before it are fine), sends what is decoded, stops it when the image
+/// turns out unacceptable.
+async fn pump(state: &AppState, user: &UserId, receiving: &mut Receiving, request_id: &RequestId) {
+    let decoder = &mut receiving.decoder;
+    if !decoder.acceptable() || !receiving.may_upload {
+        if let Some(upload) = receiving.upload.take() {
+            upload.abort(state).await;
+        }
+        // Nothing decoded is kept.
+        let _ = decoder.take(0);
+        return;
+    }
+    if let (None, Some(Some(kind))) = (&receiving.upload, decoder.kind()) {
+        if decoder.ready() >= UPLOAD_START {
+            receiving.upload = Some(Upload::start(state, user, kind, request_id));
+        }
+    }
+    if let Some(upload) = receiving.upload.as_mut() {
+        while let Some(chunk) = decoder.take(UPLOAD_CHUNK) {
+            upload.send(chunk).await;
+        }
+    }
+}
+
+/// What became of an `imageData` string's bytes.
+enum Kept {
+    /// Uploading: the rest was sent.
+    Uploading(Upload),
+    /// A small image, held until the body has passed its checks.
+    Held(Bytes),
+    /// Nothing worth keeping.
+    Nothing,
+}
+
+impl Kept {
+    async fn drop_it(self, state: &AppState) {
+        if let Self::Uploading(upload) = self {
+            upload.abort(state).await;
+        }
+    }
+}
+
+/// The `imageData` string ended: its outcome, and its bytes if it is an
+/// image worth keeping so far.
+async fn end_of_image(state: &AppState, receiving: Receiving) -> (StreamOutcome, Kept) {
+    let Receiving {
+        decoder,
+        may_upload,
+        upload,
+    } = receiving;
+    let (outcome, rest) = decoder.finish();
+    match (outcome, upload) {
+        (StreamOutcome::Image { .. }, Some(mut upload)) if may_upload => {
+            if let Some(rest) = rest {
+                upload.send(rest).await;
+            }
+            (outcome, Kept::Uploading(upload))
+        }
+        (StreamOutcome::Image { .. }, None) if may_upload => {
+            (outcome, Kept::Held(rest.unwrap_or_default()))
+        }
+        (_, upload) => {
+            if let Some(upload) = upload {
+                upload.abort(state).await;
+            }
+            (outcome, Kept::Nothing)
+        }
+    }
+}
+
+/// Records an uploaded image in the BDD; on failure nothing is left behind.
+async fn record(
+    state: &AppState,
+    user: &UserId,
+    text: &CreateText,
+    path: &ObjectPath,
+    size: u64,
+    request_id: &RequestId,
+) -> Result<Bytes, Failure> {
+    let url = state.storage.public_url(path);
     let record = match state
         .bdd
-        .create_image(user, &image.prompt, &url, &image.metadata, request_id)
+        .create_image(user, &text.prompt, &url, &text.metadata, request_id)
         .await
     {
         Ok(record) => record,
-        Err(e) if e.outcome_unknown() => read_back(state, user, &path, &url, e, request_id).await?,
+        Err(e) if e.outcome_unknown() => read_back(state, user, path, &url, e, request_id).await?,
         Err(e) => {
             // The record does not exist: the object must not outlive it.
-            discard(state, &path, request_id).await;
+            discard(state, path, request_id).await;
             return Err(Failure::known(e));
         }
     };
     state.metrics.bytes_stored(size);
     tracing::info!(image_id = %record.id, %path, "image stored");
-    Ok(created_body(&record, user, image, &url))
+    Ok(created_body(&record, user, text, &url))
 }
 
 /// Settles a record create whose outcome is unknown by reading back.
@@ -256,25 +613,25 @@ async fn discard(state: &AppState, path: &ObjectPath, request_id: &RequestId) {
 }
 
 /// The `201` body of a create, built once: a replay sends these very bytes.
-fn created_body(record: &CreatedRecord, user: &UserId, image: &NewImage, url: &str) -> Bytes {
+fn created_body(record: &CreatedRecord, user: &UserId, text: &CreateText, url: &str) -> Bytes {
     let body = json!({"success": true, "data": {
         "image_id": record.id,
         "user_id": user.as_str(),
-        "prompt": image.prompt,
+        "prompt": text.prompt,
         "image_url": url,
         "created_at": record.created_at,
         "status": "generated",
-        "metadata": image.metadata,
+        "metadata": text.metadata,
     }});
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
-fn created(body: Bytes) -> Response {
+fn created_response(body: Bytes) -> Response {
     json_response(StatusCode::CREATED, body)
 }
 
 fn replayed(body: Bytes) -> Response {
-    let mut response = created(body);
+    let mut response = created_response(body);
     response
         .headers_mut()
         .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));

@@ -48,15 +48,54 @@ pub struct Fingerprint([u8; 32]);
 impl Fingerprint {
     /// Digests `body`.
     pub fn of(body: &[u8]) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, body);
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Self(bytes)
+        let mut hasher = Hasher::new();
+        hasher.update(body);
+        hasher.finish()
     }
 
     /// Lowercase hex, for stores that keep text.
     pub fn to_hex(self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Reads back [`Fingerprint::to_hex`].
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 || !hex.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+}
+
+/// A body's fingerprint, computed as its bytes pass.
+pub struct Hasher(ring::digest::Context);
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hasher {
+    /// Nothing digested yet.
+    pub fn new() -> Self {
+        Self(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+
+    /// Digests more of the body.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The fingerprint of everything digested.
+    pub fn finish(self) -> Fingerprint {
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(self.0.finish().as_ref());
+        Fingerprint(bytes)
     }
 }
 
@@ -70,20 +109,31 @@ pub struct Undecided {
     pub url: String,
 }
 
-/// What the store says about a key, for a request with `fingerprint`.
+/// What the store says about a key when a request claims it. The request's
+/// body streams through the create, so its fingerprint is known only once
+/// the body has passed: the caller compares it with what a claim returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// First use (or the key was free again): the caller now holds it.
     Fresh,
-    /// The first request finished with `201`: this is its body.
-    Replay(Bytes),
     /// A request with this key is running now.
     InFlight,
-    /// The key was used for another request body.
-    Mismatch,
-    /// An earlier attempt left its outcome unknown: the caller now holds
-    /// the key and must settle that attempt first.
-    Settle(Undecided),
+    /// A request with `fingerprint` finished with `201`: this is its body.
+    Done {
+        /// The fingerprint of that request.
+        fingerprint: Fingerprint,
+        /// Its `201` body.
+        body: Bytes,
+    },
+    /// A request with `fingerprint` left its outcome unknown: the caller
+    /// now holds the key; a retry with the same body settles `attempt`
+    /// first, another body puts it back ([`IdempotencyStore::leave_undecided`]).
+    Settle {
+        /// The fingerprint of that request.
+        fingerprint: Fingerprint,
+        /// What it left undecided.
+        attempt: Undecided,
+    },
 }
 
 /// The key store cannot be reached: a keyed create must not run (it could
@@ -95,32 +145,34 @@ pub struct StoreDown(pub String);
 /// Where keys are remembered.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
-    /// Claims `key` of `user` for a request with `fingerprint`; while held,
-    /// other requests with it get [`Claim::InFlight`] until `lease` passes.
+    /// Claims `key` of `user`; while held, other requests with it get
+    /// [`Claim::InFlight`] until `lease` passes.
     async fn claim(
         &self,
         user: &UserId,
         key: &IdempotencyKey,
-        fingerprint: Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreDown>;
 
-    /// The held key's request answered `201` with `body`: remember it.
+    /// The held key's request (`fingerprint`) answered `201` with `body`: remember it.
     async fn complete(
         &self,
         user: &UserId,
         key: &IdempotencyKey,
+        fingerprint: Fingerprint,
         body: Bytes,
     ) -> Result<(), StoreDown>;
 
     /// The held key's request failed with a known outcome: the key is free again.
     async fn release(&self, user: &UserId, key: &IdempotencyKey) -> Result<(), StoreDown>;
 
-    /// The held key's request failed leaving `attempt` undecided: a retry settles it first.
+    /// The held key's request (`fingerprint`) left `attempt` undecided: a
+    /// retry with the same body settles it first.
     async fn leave_undecided(
         &self,
         user: &UserId,
         key: &IdempotencyKey,
+        fingerprint: Fingerprint,
         attempt: Undecided,
     ) -> Result<(), StoreDown>;
 
@@ -131,17 +183,18 @@ pub trait IdempotencyStore: Send + Sync {
 /// The state of a remembered key.
 #[derive(Debug, Clone)]
 enum State {
-    /// Held by a running request until the lease ends.
+    /// Held by a running request until the lease ends; an undecided
+    /// attempt being settled is kept, to put back if the body differs.
     Running {
         until: Instant,
+        settling: Option<(Fingerprint, Undecided)>,
     },
-    Done(Bytes),
-    Undecided(Undecided),
+    Done(Fingerprint, Bytes),
+    Undecided(Fingerprint, Undecided),
 }
 
 #[derive(Debug, Clone)]
 struct Entry {
-    fingerprint: Fingerprint,
     state: State,
     expires: Instant,
 }
@@ -149,8 +202,12 @@ struct Entry {
 impl Entry {
     fn weight(&self) -> usize {
         match &self.state {
-            State::Done(body) => body.len() + 160,
-            State::Undecided(u) => u.path.len() + u.url.len() + 160,
+            State::Done(_, body) => body.len() + 160,
+            State::Undecided(_, u)
+            | State::Running {
+                settling: Some((_, u)),
+                ..
+            } => u.path.len() + u.url.len() + 160,
             State::Running { .. } => 160,
         }
     }
@@ -256,16 +313,14 @@ impl IdempotencyStore for MemoryStore {
         &self,
         user: &UserId,
         key: &IdempotencyKey,
-        fingerprint: Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreDown> {
         let now = Instant::now();
         let mut entries = self.lock();
         let at = (user.clone(), key.clone());
-        let held = Entry {
-            fingerprint,
-            state: State::Running { until: now + lease },
-            expires: now + self.ttl,
+        let running = |settling| State::Running {
+            until: now + lease,
+            settling,
         };
         let current = entries.map.get(&at).filter(|e| e.expires > now).cloned();
         let Some(entry) = current else {
@@ -276,46 +331,48 @@ impl IdempotencyStore for MemoryStore {
                     "in-process key store full of running requests".into(),
                 ));
             }
-            entries.insert(at, held);
+            let fresh = Entry {
+                state: running(None),
+                expires: now + self.ttl,
+            };
+            entries.insert(at, fresh);
             return Ok(Claim::Fresh);
         };
-        if entry.fingerprint != fingerprint {
-            return Ok(Claim::Mismatch);
-        }
-        match entry.state {
-            State::Done(body) => Ok(Claim::Replay(body)),
-            State::Running { until } if until > now => Ok(Claim::InFlight),
-            // A lease that ended without an outcome: its request died; run afresh.
-            State::Running { .. } => {
-                entries.insert(
-                    at,
-                    Entry {
-                        expires: entry.expires,
-                        ..held
-                    },
-                );
-                Ok(Claim::Fresh)
+        let (claim, state) = match entry.state {
+            State::Done(fingerprint, body) => return Ok(Claim::Done { fingerprint, body }),
+            State::Running { until, .. } if until > now => return Ok(Claim::InFlight),
+            // A lease that ended without an outcome: its request died.
+            State::Running {
+                settling: Some((fingerprint, attempt)),
+                ..
             }
-            State::Undecided(attempt) => {
-                entries.insert(
-                    at,
-                    Entry {
-                        expires: entry.expires,
-                        ..held
-                    },
-                );
-                Ok(Claim::Settle(attempt))
-            }
-        }
+            | State::Undecided(fingerprint, attempt) => (
+                Claim::Settle {
+                    fingerprint,
+                    attempt: attempt.clone(),
+                },
+                running(Some((fingerprint, attempt))),
+            ),
+            State::Running { settling: None, .. } => (Claim::Fresh, running(None)),
+        };
+        entries.insert(
+            at,
+            Entry {
+                state,
+                expires: entry.expires,
+            },
+        );
+        Ok(claim)
     }
 
     async fn complete(
         &self,
         user: &UserId,
         key: &IdempotencyKey,
+        fingerprint: Fingerprint,
         body: Bytes,
     ) -> Result<(), StoreDown> {
-        self.set(user, key, State::Done(body));
+        self.set(user, key, State::Done(fingerprint, body));
         Ok(())
     }
 
@@ -328,9 +385,10 @@ impl IdempotencyStore for MemoryStore {
         &self,
         user: &UserId,
         key: &IdempotencyKey,
+        fingerprint: Fingerprint,
         attempt: Undecided,
     ) -> Result<(), StoreDown> {
-        self.set(user, key, State::Undecided(attempt));
+        self.set(user, key, State::Undecided(fingerprint, attempt));
         Ok(())
     }
 
@@ -354,6 +412,24 @@ mod tests {
     const LEASE: Duration = Duration::from_secs(60);
 
     #[test]
+    fn fingerprints_are_sha_256_and_survive_hex() {
+        let fingerprint = Fingerprint::of(b"abc");
+        assert_eq!(
+            fingerprint.to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            Fingerprint::from_hex(&fingerprint.to_hex()),
+            Some(fingerprint)
+        );
+        let mut hasher = Hasher::new();
+        hasher.update(b"a");
+        hasher.update(b"bc");
+        assert_eq!(hasher.finish(), fingerprint);
+        assert_eq!(Fingerprint::from_hex("zz"), None);
+    }
+
+    #[test]
     fn keys_are_1_to_255_visible_ascii_characters() {
         assert!(IdempotencyKey::parse(b"a").is_some());
         assert!(IdempotencyKey::parse("k".repeat(255).as_bytes()).is_some());
@@ -363,26 +439,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_key_runs_once_replays_its_201_and_refuses_another_body() {
+    async fn a_key_runs_once_and_keeps_its_201_with_its_fingerprint() {
         let store = MemoryStore::new(Duration::from_secs(60));
         let (a, k) = (user("user_a"), key("k1"));
         let body = Fingerprint::of(b"body");
-        assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::Fresh));
-        assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::InFlight));
-        assert_eq!(
-            store.claim(&a, &k, Fingerprint::of(b"other"), LEASE).await,
-            Ok(Claim::Mismatch)
-        );
+        assert_eq!(store.claim(&a, &k, LEASE).await, Ok(Claim::Fresh));
+        assert_eq!(store.claim(&a, &k, LEASE).await, Ok(Claim::InFlight));
         store
-            .complete(&a, &k, Bytes::from_static(b"{}"))
+            .complete(&a, &k, body, Bytes::from_static(b"{}"))
             .await
             .unwrap();
         assert_eq!(
-            store.claim(&a, &k, body, LEASE).await,
-            Ok(Claim::Replay(Bytes::from_static(b"{}")))
+            store.claim(&a, &k, LEASE).await,
+            Ok(Claim::Done {
+                fingerprint: body,
+                body: Bytes::from_static(b"{}")
+            })
         );
         assert_eq!(
-            store.claim(&user("user_b"), &k, body, LEASE).await,
+            store.claim(&user("user_b"), &k, LEASE).await,
             Ok(Claim::Fresh),
             "keys are per user"
         );
@@ -392,22 +467,26 @@ mod tests {
     async fn a_failed_attempt_frees_the_key_and_an_undecided_one_is_settled_first() {
         let store = MemoryStore::new(Duration::from_secs(60));
         let (a, k, body) = (user("user_a"), key("k1"), Fingerprint::of(b"body"));
-        store.claim(&a, &k, body, LEASE).await.unwrap();
+        store.claim(&a, &k, LEASE).await.unwrap();
         store.release(&a, &k).await.unwrap();
-        assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::Fresh));
+        assert_eq!(store.claim(&a, &k, LEASE).await, Ok(Claim::Fresh));
         let attempt = Undecided {
             path: "user_a/1_generated_x.png".into(),
             url: "http://s/user_a/1_generated_x.png".into(),
         };
         store
-            .leave_undecided(&a, &k, attempt.clone())
+            .leave_undecided(&a, &k, body, attempt.clone())
             .await
             .unwrap();
-        assert_eq!(
-            store.claim(&a, &k, body, LEASE).await,
-            Ok(Claim::Settle(attempt))
-        );
-        assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::InFlight));
+        let settle = Claim::Settle {
+            fingerprint: body,
+            attempt: attempt.clone(),
+        };
+        assert_eq!(store.claim(&a, &k, LEASE).await, Ok(settle.clone()));
+        assert_eq!(store.claim(&a, &k, LEASE).await, Ok(Claim::InFlight));
+        // Another body: the attempt is put back for a retry of the first.
+        store.leave_undecided(&a, &k, body, attempt).await.unwrap();
+        assert_eq!(store.claim(&a, &k, LEASE).await, Ok(settle));
     }
 
     #[tokio::test]
@@ -415,14 +494,14 @@ mod tests {
         let store = MemoryStore::new(Duration::from_millis(30));
         let (a, k, body) = (user("user_a"), key("k1"), Fingerprint::of(b"body"));
         store
-            .claim(&a, &k, body, Duration::from_millis(10))
+            .claim(&a, &k, Duration::from_millis(10))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(15)).await;
-        assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::Fresh));
-        store.complete(&a, &k, Bytes::new()).await.unwrap();
+        assert_eq!(store.claim(&a, &k, LEASE).await, Ok(Claim::Fresh));
+        store.complete(&a, &k, body, Bytes::new()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await;
-        assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::Fresh));
+        assert_eq!(store.claim(&a, &k, LEASE).await, Ok(Claim::Fresh));
     }
 
     #[tokio::test]
@@ -431,9 +510,9 @@ mod tests {
         let body = Fingerprint::of(b"body");
         for i in 0..50 {
             let (a, k) = (user("user_a"), key(&format!("k{i}")));
-            assert_eq!(store.claim(&a, &k, body, LEASE).await, Ok(Claim::Fresh));
+            assert_eq!(store.claim(&a, &k, LEASE).await, Ok(Claim::Fresh));
             store
-                .complete(&a, &k, Bytes::from_static(b"{}"))
+                .complete(&a, &k, body, Bytes::from_static(b"{}"))
                 .await
                 .unwrap();
         }

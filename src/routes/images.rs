@@ -13,42 +13,29 @@ use bytes::Bytes;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::domain::{parse_status_body, ListQuery, NewImage, NewImageError};
+use crate::domain::{parse_status_body, ListQuery};
 use crate::error::ApiError;
-use crate::extract::{idempotency_key, ApiJson, Caller, IdParam, UploadBody};
+use crate::extract::{ApiJson, Caller, CreateRequest, IdParam};
 use crate::flows;
-use crate::flows::create::Keyed;
-use crate::idempotency::Fingerprint;
 use crate::request_id::RequestId;
 use crate::response::json_response;
 use crate::state::AppState;
 
 /// `POST /api/images`: upload to Storage, then record in the BDD, once.
 ///
-/// An upload slot is taken before the body is read and held until the
-/// upload is done: that bounds the memory of concurrent creates.
+/// The request is admitted here (key, content type, announced length); its
+/// body is read by the create itself, which takes an upload slot first and
+/// streams the image on to Storage as it arrives.
 pub async fn create(
     State(state): State<AppState>,
     Caller(user): Caller,
     request_id: RequestId,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(request.headers())?;
-    let UploadBody { slot, bytes: body } = UploadBody::admit(&state, &user, request).await?;
-    let keyed = key.map(|key| Keyed {
-        key,
-        fingerprint: Fingerprint::of(&body),
-    });
-    let image = NewImage::from_json(&body, state.config.max_image_bytes).map_err(|e| match e {
-        NewImageError::InvalidJson(detail) => ApiError::InvalidJson(detail),
-        NewImageError::Invalid(details) => ApiError::Validation(details),
-        NewImageError::TooLarge => ApiError::PayloadTooLarge,
-    })?;
-    // The decoded image is all that is needed from here on.
-    drop(body);
+    let request = CreateRequest::admit(request, &state)?;
     run_to_completion(
         &state,
-        flows::create::create(state.clone(), user, image, keyed, request_id, slot),
+        flows::create::create(state.clone(), user, request, request_id),
     )
     .await
 }
