@@ -13,7 +13,8 @@
 //!
 //! Knobs: `SOAK_SECS` (30), `SOAK_CLIENTS` (16), `SOAK_USERS` (4),
 //! `SOAK_FAULT_RATE` (0.1: share of upstream calls faulted), `SOAK_SLACK_MS`
-//! (750: scheduling allowance on top of each route's timeout budget).
+//! (750: scheduling allowance on top of each route's timeout budget),
+//! `SOAK_LATE_WRITES_MS` (0, off; see "late writes" below).
 //!
 //! Set-up: the service is built in-process with the production wiring, by
 //! the API tests' own start-up (`tests/common`), with short timeouts
@@ -32,7 +33,14 @@
 //! outage cuts the connection, so the gate always knows what the upstream
 //! did (and which record id the BDD issued), never "maybe". A delay before
 //! forwarding waits on the service's connection, so the call is dropped when
-//! the service gives up (an upstream that never got it).
+//! the service gives up (an upstream that never got it). With
+//! `SOAK_LATE_WRITES_MS=N` it waits N ms detached instead and goes ahead
+//! anyway: a slow upstream that does the work after the service stopped
+//! waiting (an Express + PostgreSQL BDD does not abort an insert when its
+//! client hangs up). Off by default, because contract §7's read-back
+//! cannot tell such a write from none: read back before the write lands,
+//! the record is "absent", the object is removed and the key freed, so the
+//! late write leaves a record without object and the retry a second record.
 //!
 //! The clients behave as the AI service does (contract §7): every create
 //! carries an `Idempotency-Key` (fresh per logical create) and is retried,
@@ -161,7 +169,8 @@ fn ms(at: Instant) -> u128 {
 enum Fault {
     /// Answered 5xx itself; the upstream never saw the call.
     Status,
-    /// Waited longer than the timeouts, then forwarded (if still wanted).
+    /// Waited longer than the timeouts, then forwarded (if still wanted,
+    /// unless `SOAK_LATE_WRITES_MS`).
     DelayBefore,
     /// Forwarded, then held the answer longer than the timeouts.
     DelayAfter,
@@ -264,6 +273,8 @@ struct Gate {
     status_body: fn(u16) -> Value,
     rate_millionths: AtomicU64,
     delay: Duration,
+    /// `DelayBefore` waits this long detached, then forwards anyway.
+    late_writes: Option<Duration>,
     client: reqwest::Client,
     epoch: Mutex<CancellationToken>,
     injected: Mutex<BTreeMap<Fault, u64>>,
@@ -282,6 +293,7 @@ impl Gate {
         name: &'static str,
         target: String,
         delay: Duration,
+        late_writes: Option<Duration>,
         status_body: fn(u16) -> Value,
         describe: Describe,
     ) -> Arc<Gate> {
@@ -294,6 +306,7 @@ impl Gate {
             status_body,
             rate_millionths: AtomicU64::new(0),
             delay,
+            late_writes,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -439,7 +452,11 @@ async fn exchange(
     gate: Arc<Gate>,
     entry: Option<usize>,
     (method, path_and_query, headers, body): (Method, String, HeaderMap, Bytes),
+    late_by: Option<Duration>,
 ) -> Option<Upstream> {
+    if let Some(delay) = late_by {
+        tokio::time::sleep(delay).await;
+    }
     let sent = gate
         .client
         .request(method, format!("{}{path_and_query}", gate.target))
@@ -499,6 +516,7 @@ async fn forward(State(gate): State<Arc<Gate>>, req: Request) -> Response {
         entry,
         armed: true,
     };
+    let mut late_by = None;
     match fault {
         Some(Fault::Status) => {
             watch.disarm();
@@ -508,6 +526,7 @@ async fn forward(State(gate): State<Arc<Gate>>, req: Request) -> Response {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return (status, axum::Json((gate.status_body)(code))).into_response();
         }
+        Some(Fault::DelayBefore) if gate.late_writes.is_some() => late_by = gate.late_writes,
         Some(Fault::DelayBefore) => tokio::time::sleep(gate.delay).await,
         Some(Fault::DropBefore) => {
             watch.disarm();
@@ -529,6 +548,7 @@ async fn forward(State(gate): State<Arc<Gate>>, req: Request) -> Response {
         gate.clone(),
         entry,
         (parts.method.clone(), path_and_query, headers, body),
+        late_by,
     ));
     let Ok(Some((status, headers, bytes))) = upstream.await else {
         watch.disarm();
@@ -1242,6 +1262,8 @@ async fn chaos_soak() {
     let users: usize = env_or::<usize>("SOAK_USERS", 4).max(1);
     let fault_rate: f64 = env_or("SOAK_FAULT_RATE", 0.1);
     let slack = Duration::from_millis(env_or("SOAK_SLACK_MS", 750));
+    let late_writes =
+        Some(Duration::from_millis(env_or("SOAK_LATE_WRITES_MS", 0))).filter(|d| !d.is_zero());
     let t = Duration::from_millis(UPSTREAM_TIMEOUT_MS);
     let u = Duration::from_millis(UPLOAD_TIMEOUT_MS);
     let delay = t.max(u) + Duration::from_millis(300);
@@ -1249,11 +1271,20 @@ async fn chaos_soak() {
     // ------------------------------------------------------------ set-up
     let options = TestOptions::default();
     let stand_ins = StandIns::start(&options).await;
-    let bdd_gate = Gate::start("bdd", stand_ins.bdd.url(), delay, bdd_fault_body, bdd_calls).await;
+    let bdd_gate = Gate::start(
+        "bdd",
+        stand_ins.bdd.url(),
+        delay,
+        late_writes,
+        bdd_fault_body,
+        bdd_calls,
+    )
+    .await;
     let storage_gate = Gate::start(
         "storage",
         stand_ins.storage.url(),
         delay,
+        late_writes,
         storage_fault_body,
         storage_calls,
     )
@@ -1445,7 +1476,8 @@ async fn chaos_soak() {
         let tally = lock(&soak.tally);
         let creates = lock(&soak.creates);
         let total = tally.requests;
-        println!("\n== chaos soak: {secs} s, {clients} clients, {users} users, fault rate {fault_rate}, timeouts upstream {UPSTREAM_TIMEOUT_MS} ms / upload {UPLOAD_TIMEOUT_MS} ms");
+        println!("\n== chaos soak: {secs} s, {clients} clients, {users} users, fault rate {fault_rate}{}, timeouts upstream {UPSTREAM_TIMEOUT_MS} ms / upload {UPLOAD_TIMEOUT_MS} ms",
+            late_writes.map(|d| format!(", writes {} ms late", d.as_millis())).unwrap_or_default());
         println!(
             "requests: {total} in {:.1} s ({:.0}/s); by status: {}; cut short by the client: {}",
             chaos_time.as_secs_f64(),
