@@ -1363,14 +1363,23 @@ async fn chaos_soak() {
         let (peak, done) = (peak.clone(), done.clone());
         let app = app.clone();
         tokio::spawn(async move {
+            // RSS every 10 s: growth that goes on (a leak) or levels off.
+            let mut timeline = Vec::new();
+            let mut next = Instant::now();
             while !done.is_cancelled() {
-                peak.fetch_max(rss_kib(), Ordering::Relaxed);
+                let rss = rss_kib();
+                peak.fetch_max(rss, Ordering::Relaxed);
+                if Instant::now() >= next {
+                    timeline.push(rss >> 10);
+                    next += Duration::from_secs(10);
+                }
                 // The stand-ins' own request logs are not needed (the gates
                 // keep what is): clear them so they do not count as memory.
                 app.bdd.clear_requests();
                 app.storage.clear_requests();
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            timeline
         })
     };
     let outages = {
@@ -1422,7 +1431,7 @@ async fn chaos_soak() {
     }
     workers.join_all().await;
     calm.await.expect("calm task");
-    sampler.await.expect("sampler task");
+    let rss_timeline = sampler.await.expect("sampler task");
     let chaos_time = until.saturating_duration_since(started);
     let calm_at = lock(&soak.calm_at).unwrap_or(until);
     let quiet_at = Instant::now();
@@ -1590,11 +1599,12 @@ async fn chaos_soak() {
             }
         }
         println!(
-            "RSS: idle {} MiB -> peak {} MiB -> after {} MiB (limit {} MiB)",
+            "RSS: idle {} MiB -> peak {} MiB -> after {} MiB (limit {} MiB); every 10 s of chaos: {:?} MiB",
             rss_idle >> 10,
             rss_peak >> 10,
             rss_after >> 10,
-            rss_limit >> 10
+            rss_limit >> 10,
+            rss_timeline
         );
         println!(
             "(times in traces: ms since start; chaos {}..{} ms, faults off at {} ms, clients quiet at {} ms)",
