@@ -21,6 +21,7 @@ mod metrics;
 mod openapi;
 mod reconcile;
 mod shutdown;
+mod streaming;
 mod token_kinds;
 mod upstream;
 mod validation;

@@ -807,3 +807,42 @@ async fn a_bdd_4xx_body_is_reduced_to_its_short_error() {
     }
     app.bdd.clear_faults();
 }
+
+// ---------------------------------------------------------------- streaming
+
+#[tokio::test]
+async fn concurrent_10_mib_creates_cost_memory_independent_of_the_image_size() {
+    let _measuring = MEASURING.lock().await;
+    // Arrange: twenty users, twenty slots, images just under the 10 MiB limit.
+    let stand_ins = spawn_app().await;
+    let service = Binary::start(&stand_ins, &[("MAX_UPLOADS_IN_FLIGHT", "20")]).await;
+    let body = format!(
+        r#"{{"prompt":"p","imageData":"{}","metadata":{{}}}}"#,
+        png_base64((10 << 20) - 4096)
+    )
+    .into_bytes();
+    let before = service.memory("VmHWM:");
+
+    // Act
+    let started = Instant::now();
+    let answers = futures_join_all((0..20).map(|i| {
+        let (base, token, body) = (
+            service.base.clone(),
+            stand_ins.token(&format!("user_big{i}")),
+            body.clone(),
+        );
+        async move { post_raw(&base, &token, body).await.status().as_u16() }
+    }))
+    .await;
+
+    // Assert
+    let peak = service.memory("VmHWM:");
+    println!(
+        "twenty 10 MiB creates at once: {:?}, peak memory {} -> {} MiB",
+        started.elapsed(),
+        before / MIB,
+        peak / MIB
+    );
+    assert_eq!(answers, vec![201; 20]);
+    assert!(peak < 64 * MIB, "peak {} MiB", peak / MIB);
+}
