@@ -2,14 +2,15 @@
 //! id and span, the head size limit, CORS, security headers, metrics and the
 //! one log line per request.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tracing::Instrument;
 
 use crate::error::{ApiError, ErrorDetail};
 use crate::metrics::Metrics;
@@ -26,75 +27,180 @@ pub struct Edge {
     pub max_head_bytes: usize,
 }
 
-/// Everything every answer gets, in one layer (one boxed future per request
-/// rather than four): the request id and span, the head size limit, CORS,
-/// the security headers, the metrics and the one log line.
+impl<S> tower::Layer<S> for Edge {
+    type Service = EdgeService<S>;
+
+    fn layer(&self, inner: S) -> EdgeService<S> {
+        EdgeService {
+            inner,
+            edge: self.clone(),
+        }
+    }
+}
+
+/// Everything every answer gets, in one layer: the request id and span, the
+/// head size limit, CORS, the security headers, the metrics and the one log
+/// line. A concrete future, not `from_fn`'s boxed one: this runs on every
+/// request.
 ///
 /// The span carries the request id and, once authenticated, the user id, so
 /// every line logged while serving the request carries them too.
-pub async fn edge(State(edge): State<Edge>, mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let request_id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(RequestId::from_header)
-        .unwrap_or_else(RequestId::generate);
-    req.extensions_mut().insert(request_id.clone());
-    let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let origin = edge.origins.allowed(req.headers());
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id.as_str(),
-        method = %method,
-        path = %req.uri().path(),
-        user_id = tracing::field::Empty,
-    );
+#[derive(Clone)]
+pub struct EdgeService<S> {
+    inner: S,
+    edge: Edge,
+}
 
-    let preflight = method == Method::OPTIONS
-        && req
+/// What the edge keeps about a request until its answer.
+struct Served {
+    started: Instant,
+    request_id: RequestId,
+    method: Method,
+    route: Option<MatchedPath>,
+    origin: Option<HeaderValue>,
+    span: tracing::Span,
+}
+
+impl<S> tower::Service<Request> for EdgeService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = EdgeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let started = Instant::now();
+        let request_id = req
             .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let mut response = if preflight {
-        preflight_response(origin.as_ref(), req.headers())
-    } else {
-        let mut response = if head_len(&req) > edge.max_head_bytes {
-            ApiError::HeadTooLarge.into_response()
+            .get(&X_REQUEST_ID)
+            .and_then(RequestId::from_header)
+            .unwrap_or_else(RequestId::generate);
+        req.extensions_mut().insert(request_id.clone());
+        let method = req.method().clone();
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let origin = self.edge.origins.allowed(req.headers());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id.as_str(),
+            method = %method,
+            path = %req.uri().path(),
+            user_id = tracing::field::Empty,
+        );
+        let preflight = method == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let early = if preflight {
+            Some(preflight_response(origin.as_ref(), req.headers()))
+        } else if head_len(&req) > self.edge.max_head_bytes {
+            let mut response = ApiError::HeadTooLarge.into_response();
+            cors_headers(response.headers_mut(), origin.clone());
+            Some(response)
         } else {
-            next.run(req).instrument(span.clone()).await
+            None
         };
-        cors_headers(response.headers_mut(), origin);
-        response
-    };
+        let inner = match early {
+            None => Some(span.in_scope(|| self.inner.call(req))),
+            Some(_) => None,
+        };
+        EdgeFuture {
+            inner,
+            early,
+            served: Some(Served {
+                started,
+                request_id,
+                method,
+                route,
+                origin,
+                span,
+            }),
+            edge: self.edge.clone(),
+        }
+    }
+}
 
+pin_project_lite::pin_project! {
+    /// A request being served inside its span, finished by [`finish`].
+    pub struct EdgeFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        early: Option<Response>,
+        served: Option<Served>,
+        edge: Edge,
+    }
+}
+
+impl<F> Future for EdgeFuture<F>
+where
+    F: Future<Output = Result<Response, std::convert::Infallible>>,
+{
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.inner.as_pin_mut() {
+            Some(inner) => {
+                let _entered = this.served.as_ref().map(|s| s.span.enter());
+                match inner.poll(cx) {
+                    Poll::Ready(Ok(response)) => {
+                        let mut response = response;
+                        if let Some(served) = this.served.as_ref() {
+                            cors_headers(response.headers_mut(), served.origin.clone());
+                        }
+                        response
+                    }
+                    Poll::Ready(Err(never)) => match never {},
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            None => match this.early.take() {
+                Some(response) => response,
+                None => ApiError::Internal("edge polled after its answer".into()).into_response(),
+            },
+        };
+        Poll::Ready(Ok(match this.served.take() {
+            Some(served) => finish(this.edge, served, response),
+            None => response,
+        }))
+    }
+}
+
+/// The security headers, the request id, the metrics and the log line.
+fn finish(edge: &Edge, served: Served, mut response: Response) -> Response {
     let headers = response.headers_mut();
+    headers.reserve(SECURITY_HEADERS.len() + 2);
     for (name, value) in &SECURITY_HEADERS {
         // A route may set its own (the docs page needs its inline script).
         if let header::Entry::Vacant(slot) = headers.entry(name) {
             slot.insert(value.clone());
         }
     }
-    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
+    if let Ok(value) = HeaderValue::from_str(served.request_id.as_str()) {
         headers.insert(X_REQUEST_ID.clone(), value);
     }
 
-    let latency = started.elapsed();
+    let latency = served.started.elapsed();
     // Microsecond precision, printed as milliseconds.
     let latency_ms = latency.as_micros() as f64 / 1000.0;
     let status = response.status().as_u16();
     edge.metrics.request(
-        route.as_deref().unwrap_or("unmatched"),
-        &method,
+        served
+            .route
+            .as_ref()
+            .map_or("unmatched", MatchedPath::as_str),
+        &served.method,
         status,
         latency,
     );
     let detail = response.extensions().get::<ErrorDetail>();
     let error = detail.map(|d| d.text.as_str());
     let upstream = detail.and_then(|d| d.upstream);
-    span.in_scope(|| {
+    served.span.in_scope(|| {
         if detail.is_some_and(|d| d.alarm) {
             tracing::error!(
                 status,

@@ -43,8 +43,3 @@ pub fn json_response(status: StatusCode, body: impl Into<JsonBody>) -> Response 
         .insert(header::CONTENT_TYPE, JSON_UTF8);
     response
 }
-
-/// ISO 8601 UTC with milliseconds, as the old service's `toISOString()`.
-pub fn now_iso() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}

@@ -10,23 +10,29 @@ use serde_json::json;
 
 use crate::clients::UpstreamFault;
 use crate::request_id::RequestId;
-use crate::response::{json_response, now_iso};
+use crate::response::json_response;
 use crate::state::AppState;
 
 /// `GET /api/health`.
 pub async fn service() -> Response {
-    json_response(
-        StatusCode::OK,
-        json!({"success": true, "message": "Service d'images opérationnel", "timestamp": now_iso()}),
-    )
+    alive("Service d'images opérationnel")
 }
 
 /// `GET /api/images/health`.
 pub async fn images() -> Response {
-    json_response(
-        StatusCode::OK,
-        json!({"success": true, "message": "Service Images opérationnel", "timestamp": now_iso()}),
-    )
+    alive("Service Images opérationnel")
+}
+
+/// `{"success":true,"message":…,"timestamp":…}`, written directly: liveness
+/// probes come often.
+fn alive(message: &'static str) -> Response {
+    let mut body = String::with_capacity(96);
+    body.push_str(r#"{"success":true,"message":""#);
+    body.push_str(message);
+    body.push_str(r#"","timestamp":""#);
+    crate::clock::push_iso_millis(&mut body);
+    body.push_str(r#""}"#);
+    json_response(StatusCode::OK, bytes::Bytes::from(body))
 }
 
 /// `GET /api/ready`: BDD, keys and Storage, concurrently, within the budget.

@@ -7,11 +7,11 @@ pub mod ops;
 
 use axum::response::IntoResponse;
 use axum::routing::{get, patch};
-use axum::{middleware, Router};
+use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::middleware::{edge, AllowedOrigins, Edge};
+use crate::middleware::{AllowedOrigins, Edge};
 use crate::state::AppState;
 
 /// Builds the application router with its state and layers.
@@ -43,5 +43,5 @@ pub fn router(state: AppState) -> Router {
                 ApiError::Internal("handler panicked".into()).into_response()
             },
         ))
-        .layer(middleware::from_fn_with_state(edge_state, edge))
+        .layer(edge_state)
 }
