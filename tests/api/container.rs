@@ -91,7 +91,9 @@ async fn the_binary_starts_and_is_healthy_with_the_dockerfile_environment() {
     let _ = child.start_kill();
     let output = child.wait_with_output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let lines: Vec<serde_json::Value> = stdout
+    // SIGKILL may cut the last line short: only whole lines count.
+    let whole = stdout.rsplit_once('\n').map_or("", |(whole, _)| whole);
+    let lines: Vec<serde_json::Value> = whole
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON logs (LOG_FORMAT=json)"))
         .collect();
