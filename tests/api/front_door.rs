@@ -573,3 +573,44 @@ async fn pretty_logs_piped_to_a_file_carry_no_colour_codes() {
         "ANSI codes in piped logs: {stdout:?}"
     );
 }
+
+#[test]
+fn the_many_instances_profile_shares_one_redis_behind_a_streaming_load_balancer() {
+    let doc = compose();
+    let services = &doc["services"];
+    for name in ["redis", "instance", "lb"] {
+        let profiles: Vec<&str> = services[name]["profiles"]
+            .as_sequence()
+            .expect("profiles")
+            .iter()
+            .filter_map(Yaml::as_str)
+            .collect();
+        assert_eq!(profiles, vec!["many"], "{name}");
+    }
+    let instance = &services["instance"];
+    assert_eq!(instance["build"]["target"].as_str(), Some("runtime"));
+    assert!(instance["deploy"]["replicas"].as_u64().unwrap_or(0) >= 2);
+    assert_eq!(
+        env_value(instance, "REDIS_URL").as_deref(),
+        Some("${REDIS_URL:-redis://redis:6379}")
+    );
+    // Every setting of a single instance reaches each of the many.
+    let single: Vec<String> = environment(&services["service"])
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let many: Vec<String> = environment(instance).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(single, many);
+    let redis = serde_norway::to_string(&services["redis"]["command"]).unwrap();
+    assert!(
+        redis.contains("--appendonly") && redis.contains("--save"),
+        "{redis}"
+    );
+    let nginx = include_str!("../../deploy/nginx.conf");
+    assert!(nginx.contains("server instance:5002"));
+    // Creates stream end to end and the service's own 413 comes first.
+    assert!(nginx.contains("proxy_request_buffering off"));
+    assert!(nginx.contains("client_max_body_size 0"));
+    let mounts = serde_norway::to_string(&services["lb"]["volumes"]).unwrap();
+    assert!(mounts.contains("./deploy/nginx.conf:/etc/nginx/nginx.conf:ro"));
+}
