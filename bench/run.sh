@@ -41,7 +41,9 @@ fi
 
 if [ -z "$binary" ]; then
   echo "== cargo build --release (image-service, devstack, bench-floor)" >&2
-  cargo build --release --locked --bin image-service --bin devstack --bin bench-floor >&2
+  # -p for each: a bare --bin only finds the root package's binaries.
+  cargo build --release --locked -p image-service -p devstack -p bench-floor \
+    --bin image-service --bin devstack --bin bench-floor >&2
 elif [ "$floor_given" = 0 ]; then
   # The floor is taken from beside the service's binary: when that is one of
   # this workspace's profiles, build it there (a no-op when up to date), so a
