@@ -892,7 +892,7 @@ def parse_args(argv):
     ap.add_argument("--floor", default=None,
                     help="the bench-floor binary (floor service); default: next to --binary")
     ap.add_argument("--quick", action="store_true",
-                    help="CI proof: 1 round, 1.5 s per run, 0.5 s warm-up, smaller (e)")
+                    help="CI proof: 1 round, 1.5 s per run, 0.3 s warm-up, smaller (e)")
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--duration", type=float, help="seconds measured per run and round")
     ap.add_argument("--warmup", type=float, help="seconds of warm-up before each measurement")
@@ -918,8 +918,8 @@ def parse_args(argv):
     # (e)'s requests all finish at about the same time (one CPU shared
     # fairly): a quick window shorter than that would count none.
     a.big_duration = a.big_duration or (max(a.duration, 3.0) if q else a.duration)
-    a.warmup = a.warmup if a.warmup is not None else (0.5 if q else 2.0)
-    a.settle = a.settle if a.settle is not None else (0.3 if q else 1.0)
+    a.warmup = a.warmup if a.warmup is not None else (0.3 if q else 2.0)
+    a.settle = a.settle if a.settle is not None else (0.2 if q else 1.0)
     a.big_connections = a.big_connections or (20 if q else 100)
     a.big_image_bytes = a.big_image_bytes or (2 * MIB if q else 10 * MIB - 4096)
     a.out = Path(a.out) if a.out else BENCH_DIR / "results" / ("quick-latest" if q else "latest")

@@ -56,8 +56,10 @@ elif [ "$floor_given" = 0 ]; then
     *) profile="" ;;
   esac
   if [ -n "$profile" ]; then
-    echo "== cargo build --profile $profile -p bench-floor" >&2
-    cargo build --locked --profile "$profile" -p bench-floor >&2
+    # --workspace: the features of a `cargo build --workspace`, so its
+    # compiled dependencies are reused.
+    echo "== cargo build --profile $profile --workspace --bin bench-floor" >&2
+    cargo build --locked --profile "$profile" --workspace --bin bench-floor >&2
   fi
 fi
 
