@@ -45,15 +45,19 @@ end
 
 if os.getenv("BENCH_TALLY") == "1" then
   -- Keys: the status code; a 503 without Retry-After is counted apart,
-  -- since back-pressure must come with one.
+  -- since back-pressure must come with one; so is a 201 with
+  -- Idempotent-Replayed (a replay, no upstream call).
   function response(status, headers, body)
     local key = tostring(status)
-    if status == 503 then
-      local has_retry = false
+    if status == 503 or status == 201 then
+      local has_retry, replayed = false, false
       for name, _ in pairs(headers) do
-        if string.lower(name) == "retry-after" then has_retry = true end
+        local n = string.lower(name)
+        if n == "retry-after" then has_retry = true end
+        if n == "idempotent-replayed" then replayed = true end
       end
-      if not has_retry then key = "503-no-retry-after" end
+      if status == 503 and not has_retry then key = "503-no-retry-after" end
+      if status == 201 and replayed then key = "201-replayed" end
     end
     counts[key] = (counts[key] or 0) + 1
   end
