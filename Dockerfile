@@ -19,6 +19,7 @@ RUN mkdir -p /data && chown 65532:65532 /data
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo ./.cargo
 COPY crates ./crates
+COPY bench/floor ./bench/floor
 COPY src ./src
 COPY openapi.json ./openapi.json
 COPY docs/api.html ./docs/api.html
