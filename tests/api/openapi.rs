@@ -37,8 +37,12 @@ const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 ///   or `JSON invalide` (create, status);
 /// - `404`: by id (BDD 404 passed through, or another user's record);
 /// - `413`/`415`: the routes with a JSON body (create, status);
-/// - `408`: the routes with a JSON body, when it is not received in time (a
-///   limit of this service beyond the contract, see the README).
+/// - `408`: the routes with a JSON body, when it is not received in time or
+///   too slowly (§9);
+/// - create only: `409` and `422` (`Idempotency-Key` running, or reused for
+///   another body, §7; a BDD 409/422 passed through shares them), `400` also
+///   for a malformed key, `429` also beyond the user's upload slots (§9),
+///   `503` also for an unreachable key store (§7) or no free upload slot.
 ///
 /// `405` belongs to no operation: it is what a documented path answers for an
 /// undocumented method (checked separately), like `404` for unknown paths.
@@ -60,7 +64,8 @@ const STATUSES: [(&str, &str, &[&str]); 11] = [
         "/api/images",
         "post",
         &[
-            "201", "400", "401", "408", "413", "415", "429", "4XX", "500", "502", "503", "504",
+            "201", "400", "401", "408", "409", "413", "415", "422", "429", "4XX", "500", "502",
+            "503", "504",
         ],
     ),
     (
