@@ -44,6 +44,26 @@ pub enum BuildError {
     Setup(String),
 }
 
+/// Connections the kernel may hold before we accept them. Tokio's default
+/// (1024) overflowed under contract §9's 1,400 idle sockets: a burst of
+/// reconnects filled it, the kernel dropped a health check's SYN and the
+/// client's 1 s retransmission broke the 200 ms promise. The kernel caps it
+/// at `net.core.somaxconn` (4096 on current kernels).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds like `TcpListener::bind` (address reuse on), with a longer backlog.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restart must not wait out the old process's TIME_WAIT sockets.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A built service, listening, not yet serving.
 pub struct App {
     listener: TcpListener,
@@ -57,9 +77,7 @@ impl App {
     /// Binds the listener (port 0 picks a free one) and builds the state and router.
     pub async fn build(config: Config) -> Result<Self, BuildError> {
         let addr = SocketAddr::new(config.host, config.port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| BuildError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| BuildError::Bind { addr, source })?;
         let http = http_client().map_err(|e| BuildError::Setup(format!("HTTP client: {e}")))?;
         let metrics = Metrics::new();
         let verifier = Verifier::new(

@@ -313,7 +313,9 @@ fn cors_headers(headers: &mut HeaderMap, origin: Option<HeaderValue>) {
         );
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("x-request-id, retry-after, www-authenticate"),
+            HeaderValue::from_static(
+                "x-request-id, retry-after, www-authenticate, idempotent-replayed",
+            ),
         );
     }
 }

@@ -38,6 +38,12 @@ async fn the_frontend_origin_gets_cors_headers_with_credentials() {
         header(&response, "access-control-allow-credentials").as_deref(),
         Some("true")
     );
+    // A page reads the request id, when to retry, why it was refused, and
+    // whether a create was a replay.
+    assert_eq!(
+        header(&response, "access-control-expose-headers").as_deref(),
+        Some("x-request-id, retry-after, www-authenticate, idempotent-replayed")
+    );
 }
 
 #[tokio::test]
