@@ -3,7 +3,6 @@
 //! fraction every time. Health answers and log lines ask for one each.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 thread_local! {
@@ -34,18 +33,38 @@ fn push_second(out: &mut String) -> u32 {
 /// `2025-06-18T00:39:32.148Z`.
 pub fn push_iso_millis(out: &mut String) {
     let micros = push_second(out);
-    let _ = write!(out, ".{:03}Z", micros / 1000);
+    push_fraction(out, micros / 1000, 3);
 }
 
 /// Appends now with microseconds: `2025-06-18T00:39:32.148123Z`.
 pub fn push_iso_micros(out: &mut String) {
     let micros = push_second(out);
-    let _ = write!(out, ".{micros:06}Z");
+    push_fraction(out, micros, 6);
+}
+
+/// Appends `.` `value` in `digits` zero-padded digits, then `Z`; by hand,
+/// as every log line pays for it.
+fn push_fraction(out: &mut String, value: u32, digits: u32) {
+    out.push('.');
+    for place in (0..digits).rev() {
+        let digit = (value / 10u32.pow(place)) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
+    out.push('Z');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fractions_are_zero_padded() {
+        let mut out = String::new();
+        push_fraction(&mut out, 7, 3);
+        push_fraction(&mut out, 40_321, 6);
+        push_fraction(&mut out, 999_999, 6);
+        assert_eq!(out, ".007Z.040321Z.999999Z");
+    }
 
     #[test]
     fn timestamps_are_rfc_3339_utc_at_the_right_precision() {

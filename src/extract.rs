@@ -13,6 +13,7 @@ use crate::domain::{msg, FieldError, ImageId, Location, UserId};
 use crate::error::ApiError;
 use crate::idempotency::{IdempotencyKey, IDEMPOTENCY_KEY};
 use crate::request_id::RequestId;
+use crate::request_scope;
 use crate::state::AppState;
 
 /// The signed-in user: extracting it verifies the bearer token.
@@ -30,7 +31,7 @@ impl FromRequestParts<AppState> for AuthUser {
             .cloned()
             .unwrap_or_else(RequestId::generate);
         let user = state.verifier.verify(token, &request_id).await?;
-        tracing::Span::current().record("user_id", user.as_str());
+        request_scope::set_user(user.as_str());
         Ok(Self(user))
     }
 }

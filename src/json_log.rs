@@ -6,8 +6,10 @@
 //! fields; here a span's fields are rendered to JSON once, when they are
 //! recorded, and a line is a few string appends into a reused buffer. The shape is the usual one: `timestamp`
 //! (RFC 3339, microseconds, UTC), `level`, `target`, the event's fields
-//! (`message` first), and `spans`: every enclosing span, outermost first,
-//! as `{"name": …, fields…}`.
+//! (`message` first), then, while a request is served, its `request_id`,
+//! `method`, `path` and `user_id` (once known; see
+//! [`request_scope`](crate::request_scope)), and `spans` when there are
+//! any: every enclosing span, outermost first, as `{"name": …, fields…}`.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
@@ -22,6 +24,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 use crate::clock;
+use crate::request_scope::{self, RequestScope};
 
 /// A span's fields, already JSON: `,"key":value` for each.
 struct SpanFields(String);
@@ -79,6 +82,7 @@ where
             line.push_str("\",\"target\":");
             json_string(&mut line, meta.target());
             event.record(&mut Fields(&mut line));
+            request_scope::with_current(|request| push_request(&mut line, request));
             if let Some(scope) = ctx.event_scope(event) {
                 line.push_str(",\"spans\":[");
                 for (i, span) in scope.from_root().enumerate() {
@@ -101,6 +105,20 @@ where
                 .make_writer_for(meta)
                 .write_all(line.as_bytes());
         });
+    }
+}
+
+/// Appends the fields naming the request being served.
+fn push_request(line: &mut String, request: &RequestScope) {
+    line.push_str(",\"request_id\":");
+    json_string(line, request.request_id.as_str());
+    line.push_str(",\"method\":");
+    json_string(line, request.method.as_str());
+    line.push_str(",\"path\":");
+    json_string(line, request.path());
+    if let Some(user_id) = request.user_id() {
+        line.push_str(",\"user_id\":");
+        json_string(line, user_id);
     }
 }
 
@@ -164,18 +182,18 @@ impl Visit for Fields<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.key(field);
-        let _ = write!(self.0, "{value}");
+        self.0.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.key(field);
-        let _ = write!(self.0, "{value}");
+        self.0.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);
         if value.is_finite() {
-            let _ = write!(self.0, "{value}");
+            self.0.push_str(ryu::Buffer::new().format_finite(value));
         } else {
             self.0.push_str("null");
         }
@@ -262,6 +280,37 @@ mod tests {
             "{stamp}"
         );
         assert!(text.ends_with("}\n") && text.matches('\n').count() == 1);
+    }
+
+    #[tokio::test]
+    async fn lines_logged_while_a_request_is_served_name_it() {
+        use crate::request_id::RequestId;
+        use axum::http::{HeaderValue, Method, Uri};
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(JsonLines::new(captured.clone()));
+        let _default = tracing::subscriber::set_default(subscriber);
+        let id = RequestId::from_header(&HeaderValue::from_static("req-9")).unwrap();
+        let scope = RequestScope::new(id, Method::POST, Uri::from_static("/api/images?userId=u"));
+        scope
+            .wrap(async {
+                tracing::info!("before");
+                request_scope::set_user("user_\"q\"");
+                tracing::info!("after");
+            })
+            .await;
+        tracing::info!("outside");
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[0]["request_id"], "req-9");
+        assert_eq!(lines[0]["method"], "POST");
+        assert_eq!(lines[0]["path"], "/api/images");
+        assert!(lines[0].get("user_id").is_none());
+        assert_eq!(lines[1]["user_id"], "user_\"q\"");
+        assert!(lines[2].get("request_id").is_none());
     }
 
     #[test]

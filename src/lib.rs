@@ -18,14 +18,16 @@ pub mod error; // ApiError: every status and French message, one IntoResponse
 pub mod extract; // AuthUser, Caller (auth then rate limit), bodies and ids with contract rejections
 pub mod flows; // creates and deletes across Storage and the BDD: once, nothing left behind
 pub mod idempotency; // Idempotency-Key: claims, replays, the key store
-pub mod json_log;
+pub mod json_log; // the JSON log line, written by hand: it is paid on every request
+pub mod log_writer; // log lines batched into one write per burst
 pub mod metrics; // Prometheus metrics
 pub mod middleware; // the edge: span, head limit, CORS, security headers, metrics, log line
 pub mod ratelimit; // the per-user rate limit, in process or in Redis
 pub mod reconcile; // `image-service reconcile`: what a crash left in Storage
 pub mod redis_link; // the one connection to Redis, when instances share it
 pub mod request_id; // the request id: type, header, extractor
+pub mod request_scope; // what a request's log lines carry: id, method, path, user
 pub mod response; // JSON answers
 pub mod routes; // the router and the handlers, nothing else
 pub mod state; // AppState and the shared upload slots
-pub mod telemetry; // tracing subscriber set-up // the JSON log line, written by hand: it is paid on every request
+pub mod telemetry; // tracing subscriber set-up

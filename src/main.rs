@@ -68,7 +68,13 @@ async fn serve() -> ExitCode {
         println!("image-service: not started, the configuration has problems (listed on stderr; see env.example). To try the service with no Clerk or Supabase account, run the dev stack: cargo dev");
         return ExitCode::from(2);
     };
-    let _logs = telemetry::init(&config.log_level, config.log_format);
+    let _logs = match telemetry::init(&config.log_level, config.log_format) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("image-service: cannot start the log writer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(e) => {
@@ -101,11 +107,17 @@ async fn reconcile(args: &[String]) -> ExitCode {
         return ExitCode::from(2);
     };
     // Logs go to stderr: stdout is the report.
-    let _logs = telemetry::init_to(
+    let _logs = match telemetry::init_to(
         &config.log_level,
         config.log_format,
         telemetry::Output::Stderr,
-    );
+    ) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("image-service: cannot start the log writer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let report = image_service::reconcile::run(&config, &options).await;
     if options.json {
         println!("{}", serde_json::to_string(&report).unwrap_or_default());

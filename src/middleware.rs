@@ -3,10 +3,13 @@
 //! one log line per request.
 
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
+
+use tokio::task::futures::TaskLocalFuture;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -15,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use crate::error::{ApiError, ErrorDetail};
 use crate::metrics::Metrics;
 use crate::request_id::{RequestId, X_REQUEST_ID};
+use crate::request_scope::RequestScope;
 
 /// What the edge layer needs: metrics to count in, origins to allow.
 #[derive(Clone)]
@@ -43,8 +47,8 @@ impl<S> tower::Layer<S> for Edge {
 /// line. A concrete future, not `from_fn`'s boxed one: this runs on every
 /// request.
 ///
-/// The span carries the request id and, once authenticated, the user id, so
-/// every line logged while serving the request carries them too.
+/// The request's [scope](RequestScope) carries its id and, once
+/// authenticated, its user, so every line logged while serving it carries them.
 #[derive(Clone)]
 pub struct EdgeService<S> {
     inner: S,
@@ -54,11 +58,9 @@ pub struct EdgeService<S> {
 /// What the edge keeps about a request until its answer.
 struct Served {
     started: Instant,
-    request_id: RequestId,
-    method: Method,
+    scope: Arc<RequestScope>,
     route: Option<MatchedPath>,
     origin: Option<HeaderValue>,
-    span: tracing::Span,
 }
 
 impl<S> tower::Service<Request> for EdgeService<S>
@@ -81,17 +83,10 @@ where
             .and_then(RequestId::from_header)
             .unwrap_or_else(RequestId::generate);
         req.extensions_mut().insert(request_id.clone());
-        let method = req.method().clone();
         let route = req.extensions().get::<MatchedPath>().cloned();
         let origin = self.edge.origins.allowed(req.headers());
-        let span = tracing::info_span!(
-            "request",
-            request_id = %request_id.as_str(),
-            method = %method,
-            path = %req.uri().path(),
-            user_id = tracing::field::Empty,
-        );
-        let preflight = method == Method::OPTIONS
+        let scope = RequestScope::new(request_id, req.method().clone(), req.uri().clone());
+        let preflight = req.method() == Method::OPTIONS
             && req
                 .headers()
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
@@ -104,20 +99,24 @@ where
         } else {
             None
         };
-        let inner = match early {
-            None => Some(span.in_scope(|| self.inner.call(req))),
-            Some(_) => None,
+        let (inner, early) = match early {
+            None => {
+                // A bug must still answer the contract's 500, never drop the connection.
+                match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+                    Ok(future) => (Some(scope.clone().wrap(future)), None),
+                    Err(_) => (None, Some(panicked())),
+                }
+            }
+            Some(early) => (None, Some(early)),
         };
         EdgeFuture {
             inner,
             early,
             served: Some(Served {
                 started,
-                request_id,
-                method,
+                scope,
                 route,
                 origin,
-                span,
             }),
             edge: self.edge.clone(),
         }
@@ -125,10 +124,10 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A request being served inside its span, finished by [`finish`].
+    /// A request being served inside its scope, finished by [`finish`].
     pub struct EdgeFuture<F> {
         #[pin]
-        inner: Option<F>,
+        inner: Option<TaskLocalFuture<Arc<RequestScope>, F>>,
         early: Option<Response>,
         served: Option<Served>,
         edge: Edge,
@@ -142,21 +141,23 @@ where
     type Output = Result<Response, std::convert::Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = match this.inner.as_pin_mut() {
+        let mut this = self.project();
+        let response = match this.inner.as_mut().as_pin_mut() {
             Some(inner) => {
-                let _entered = this.served.as_ref().map(|s| s.span.enter());
-                match inner.poll(cx) {
-                    Poll::Ready(Ok(response)) => {
-                        let mut response = response;
-                        if let Some(served) = this.served.as_ref() {
-                            cors_headers(response.headers_mut(), served.origin.clone());
-                        }
-                        response
+                let mut response = match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+                    Ok(Poll::Ready(Ok(response))) => response,
+                    Ok(Poll::Ready(Err(never))) => match never {},
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Err(_) => {
+                        // Never polled again: what it held goes now.
+                        this.inner.set(None);
+                        panicked()
                     }
-                    Poll::Ready(Err(never)) => match never {},
-                    Poll::Pending => return Poll::Pending,
+                };
+                if let Some(served) = this.served.as_ref() {
+                    cors_headers(response.headers_mut(), served.origin.clone());
                 }
+                response
             }
             None => match this.early.take() {
                 Some(response) => response,
@@ -170,6 +171,12 @@ where
     }
 }
 
+/// The contract's 500 for a handler that panicked (the panic hook has
+/// already printed where).
+fn panicked() -> Response {
+    ApiError::Internal("handler panicked".into()).into_response()
+}
+
 /// The security headers, the request id, the metrics and the log line.
 fn finish(edge: &Edge, served: Served, mut response: Response) -> Response {
     let headers = response.headers_mut();
@@ -180,7 +187,7 @@ fn finish(edge: &Edge, served: Served, mut response: Response) -> Response {
             slot.insert(value.clone());
         }
     }
-    if let Ok(value) = HeaderValue::from_str(served.request_id.as_str()) {
+    if let Ok(value) = HeaderValue::from_str(served.scope.request_id.as_str()) {
         headers.insert(X_REQUEST_ID.clone(), value);
     }
 
@@ -193,14 +200,14 @@ fn finish(edge: &Edge, served: Served, mut response: Response) -> Response {
             .route
             .as_ref()
             .map_or("unmatched", MatchedPath::as_str),
-        &served.method,
+        &served.scope.method,
         status,
         latency,
     );
     let detail = response.extensions().get::<ErrorDetail>();
     let error = detail.map(|d| d.text.as_str());
     let upstream = detail.and_then(|d| d.upstream);
-    served.span.in_scope(|| {
+    served.scope.enter(|| {
         if detail.is_some_and(|d| d.alarm) {
             tracing::error!(
                 status,
@@ -329,4 +336,74 @@ fn head_len(req: &Request) -> usize {
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum::<usize>()
         + line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer as _, ServiceExt as _};
+
+    fn edge() -> Edge {
+        Edge {
+            metrics: Metrics::new(),
+            origins: AllowedOrigins::new(&[]),
+            max_head_bytes: 16 * 1024,
+        }
+    }
+
+    async fn body_of(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_handler_panicking_while_polled_answers_the_contract_500_with_every_header() {
+        let service = edge().layer(tower::service_fn(|_: Request| async {
+            if true {
+                panic!("a bug");
+            }
+            Ok::<Response, std::convert::Infallible>(StatusCode::OK.into_response())
+        }));
+        let request = Request::builder()
+            .uri("/api/images")
+            .header("x-request-id", "req-panic")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()["x-request-id"], "req-panic");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        let body = body_of(response).await;
+        assert_eq!(body["success"], false);
+        assert_eq!(body["error"], "Erreur interne du serveur");
+    }
+
+    #[tokio::test]
+    async fn a_service_panicking_when_called_answers_the_contract_500() {
+        #[derive(Clone)]
+        struct Broken;
+        impl tower::Service<Request> for Broken {
+            type Response = Response;
+            type Error = std::convert::Infallible;
+            type Future = std::future::Ready<Result<Response, std::convert::Infallible>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Request) -> Self::Future {
+                panic!("a bug before any future");
+            }
+        }
+        let response = edge()
+            .layer(Broken)
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500);
+        assert_eq!(
+            body_of(response).await["error"],
+            "Erreur interne du serveur"
+        );
+    }
 }

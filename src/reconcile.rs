@@ -271,7 +271,7 @@ impl Reconciler<'_> {
             }
             match self.storage.remove(&path, &self.request_id).await {
                 Ok(()) => {
-                    tracing::info!(%path, "reconcile: orphan removed");
+                    tracing::info!(object = %path, "reconcile: orphan removed");
                     self.report.orphans_removed += 1;
                     self.report.orphan_paths.push(path.as_str().to_owned());
                 }

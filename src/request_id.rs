@@ -29,7 +29,8 @@ impl RequestId {
     /// A random (v4) UUID from the thread's RNG: no system call per request.
     pub fn generate() -> Self {
         let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-        Self(uuid.hyphenated().to_string().into())
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        Self(Arc::from(&*uuid.hyphenated().encode_lower(&mut text)))
     }
 
     /// The id.

@@ -1,13 +1,12 @@
 //! Tracing set-up: JSON lines in production, pretty in a terminal.
 //!
-//! Lines are handed to a writer thread that batches them into one `write`
-//! per burst (it flushes whenever its queue is empty, so nothing lingers),
-//! instead of a system call per line on the request's thread. Lines are
-//! never dropped: a full queue makes loggers wait.
+//! Lines go through [`log_writer`](crate::log_writer): one `write` per
+//! burst, never dropped.
 
-use std::io::BufWriter;
-
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 use tracing_subscriber::layer::SubscriberExt;
@@ -15,13 +14,17 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 use crate::json_log::JsonLines;
+use crate::log_writer::{self, BatchGuard};
+use crate::request_scope;
 
 /// Keeps the writer thread; dropping it flushes what is queued.
 #[must_use = "logs are lost when the guard is dropped"]
-pub struct LogGuard(#[allow(dead_code)] Option<WorkerGuard>);
+pub struct LogGuard(#[allow(dead_code)] Option<BatchGuard>);
 
 /// Installs the global subscriber writing to stdout; a second call (tests) is a no-op.
-pub fn init(level: &str, format: LogFormat) -> LogGuard {
+///
+/// Fails only when the writer thread cannot be started.
+pub fn init(level: &str, format: LogFormat) -> std::io::Result<LogGuard> {
     init_to(level, format, Output::Stdout)
 }
 
@@ -35,24 +38,18 @@ pub enum Output {
 }
 
 /// Installs the global subscriber writing to `output`.
-pub fn init_to(level: &str, format: LogFormat, output: Output) -> LogGuard {
+pub fn init_to(level: &str, format: LogFormat, output: Output) -> std::io::Result<LogGuard> {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = NonBlockingBuilder::default()
-        .lossy(false)
-        // A few hundred KiB at most: a burst waits rather than growing memory.
-        .buffered_lines_limit(1024)
-        .thread_name("log-writer");
     let (writer, guard) = match output {
-        Output::Stdout => builder.finish(BufWriter::with_capacity(16 * 1024, std::io::stdout())),
-        Output::Stderr => builder.finish(BufWriter::with_capacity(16 * 1024, std::io::stderr())),
+        Output::Stdout => log_writer::spawn(std::io::stdout())?,
+        Output::Stderr => log_writer::spawn(std::io::stderr())?,
     };
     let terminal = match output {
         Output::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
         Output::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let installed = match format {
-        // Every enclosing span is on each line, so a line logged inside an
-        // upstream call still carries the request's id and user.
+        // Every line logged while serving a request carries its id and user.
         LogFormat::Json => tracing_subscriber::registry()
             .with(filter)
             .with(JsonLines::new(writer))
@@ -64,9 +61,45 @@ pub fn init_to(level: &str, format: LogFormat, output: Output) -> LogGuard {
             // Colours only for a terminal: piped into a file or `docker
             // compose logs`, escape codes are noise around every field.
             .with_ansi(terminal)
-            .compact()
+            .event_format(WithRequest(
+                tracing_subscriber::fmt::format()
+                    .compact()
+                    .with_ansi(terminal),
+            ))
             .try_init()
             .is_ok(),
     };
-    LogGuard(installed.then_some(guard))
+    Ok(LogGuard(installed.then_some(guard)))
+}
+
+/// A pretty line with the request it was logged for in front:
+/// `[req-id GET /api/images user_x] …`.
+struct WithRequest<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithRequest<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        request_scope::with_current(|request| {
+            write!(
+                writer,
+                "[{} {} {}{}{}] ",
+                request.request_id.as_str(),
+                request.method,
+                request.path(),
+                if request.user_id().is_some() { " " } else { "" },
+                request.user_id().unwrap_or_default(),
+            )
+        })
+        .unwrap_or(Ok(()))?;
+        self.0.format_event(ctx, writer, event)
+    }
 }

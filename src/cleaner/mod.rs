@@ -325,7 +325,7 @@ impl Cleaner {
                     Ok(()) if unix_ms() < *recheck_until_ms => Outcome::Retry,
                     Ok(()) => Outcome::Removed,
                     Err(error) => {
-                        tracing::warn!(%path, %error, "cleanup removal failed; will retry");
+                        tracing::warn!(object = %path, %error, "cleanup removal failed; will retry");
                         Outcome::Retry
                     }
                 }
@@ -342,13 +342,13 @@ impl Cleaner {
                         match self.0.storage.remove(&path, &request_id).await {
                             Ok(()) => Outcome::Removed,
                             Err(error) => {
-                                tracing::warn!(%path, %error, "cleanup removal failed; will retry");
+                                tracing::warn!(object = %path, %error, "cleanup removal failed; will retry");
                                 Outcome::Retry
                             }
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(path, %error, "cleanup: record still undecided; will retry");
+                        tracing::warn!(object = path, %error, "cleanup: record still undecided; will retry");
                         Outcome::Retry
                     }
                 }

@@ -22,6 +22,10 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
         .pool_idle_timeout(Duration::from_secs(60))
         // Upstreams are named by configuration, never by what they answer.
         .redirect(reqwest::redirect::Policy::none())
+        // Retries are the callers' to decide (a create must not be sent
+        // twice behind their back, contract §7); reqwest's default policy
+        // also charged a retry budget on every request.
+        .retry(reqwest::retry::never())
         .build()
 }
 

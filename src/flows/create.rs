@@ -545,7 +545,7 @@ async fn record(
         }
     };
     state.metrics.bytes_stored(size);
-    tracing::info!(image_id = %record.id, %path, "image stored");
+    tracing::info!(image_id = %record.id, object = %path, "image stored");
     Ok(created_body(&record, user, text, &url))
 }
 
@@ -571,7 +571,7 @@ async fn read_back(
         Err(read_error) => {
             // The record may exist: keep the object (a dangling record is
             // worse than a late removal) and let the cleaner decide.
-            tracing::warn!(%path, error = %read_error, "record outcome unknown; the cleaner will settle it");
+            tracing::warn!(object = %path, error = %read_error, "record outcome unknown; the cleaner will settle it");
             state.cleaner.settle(user, path, url).await;
             Err(Failure {
                 error: create_error.into(),
@@ -607,7 +607,7 @@ async fn settle(
 /// Removes an object no record points at, or hands it to the cleaner.
 async fn discard(state: &AppState, path: &ObjectPath, request_id: &RequestId) {
     if let Err(error) = state.storage.remove(path, request_id).await {
-        tracing::warn!(%path, %error, "removal failed; the cleaner will retry");
+        tracing::warn!(object = %path, %error, "removal failed; the cleaner will retry");
         state.cleaner.remove(path).await;
     }
 }

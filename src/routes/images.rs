@@ -11,13 +11,13 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::Value;
-use tracing::Instrument;
 
 use crate::domain::{parse_status_body, ListQuery};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, Caller, CreateRequest, IdParam};
 use crate::flows;
 use crate::request_id::RequestId;
+use crate::request_scope;
 use crate::response::json_response;
 use crate::state::AppState;
 
@@ -121,7 +121,7 @@ async fn run_to_completion(
     state: &AppState,
     flow: impl Future<Output = Result<Response, ApiError>> + Send + 'static,
 ) -> Result<Response, ApiError> {
-    let task = state.tasks.spawn(flow.instrument(tracing::Span::current()));
+    let task = state.tasks.spawn(request_scope::inherit(flow));
     task.await
         .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?
 }

@@ -5,10 +5,8 @@ pub mod health;
 pub mod images;
 pub mod ops;
 
-use axum::response::IntoResponse;
 use axum::routing::{get, patch};
 use axum::Router;
-use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
 use crate::middleware::{AllowedOrigins, Edge};
@@ -37,11 +35,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::RouteNotFound })
         .with_state(state)
-        // A bug must still answer the contract's 500, never drop the connection.
-        .layer(CatchPanicLayer::custom(
-            |_panic: Box<dyn std::any::Any + Send>| {
-                ApiError::Internal("handler panicked".into()).into_response()
-            },
-        ))
+        // The edge also turns a panicking handler into the contract's 500.
         .layer(edge_state)
 }

@@ -271,7 +271,8 @@ pub async fn run() -> Result<(), String> {
     let options = DevStackOptions::from_env(env)?;
     let stack = DevStack::start(&options).await?;
     let config = stack.config(env)?;
-    let _logs = image_service::telemetry::init(&config.log_level, config.log_format);
+    let _logs = image_service::telemetry::init(&config.log_level, config.log_format)
+        .map_err(|e| format!("cannot start the log writer: {e}"))?;
     let app = App::build(config).await.map_err(|e| e.to_string())?;
     let token = stack.token_for(DEMO_USER, DEMO_TOKEN_TTL);
     println!("{}", banner(&stack, &app, &token, &options, env));
