@@ -5,7 +5,7 @@
 //! must count only its own traffic.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::http::Method;
@@ -20,8 +20,10 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
 ];
 
-/// How often raw histogram samples are folded into their buckets.
-const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often raw histogram samples are folded into their buckets. Every
+/// sample is kept (8 bytes) until then: at tens of thousands of requests a
+/// second, a second's worth was hundreds of KiB of resident memory.
+const UPKEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// The services behind this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub enum Upstream {
 }
 
 impl Upstream {
+    const ALL: [Self; 3] = [Self::Clerk, Self::Storage, Self::Bdd];
+
     fn label(self) -> &'static str {
         match self {
             Self::Clerk => "clerk",
@@ -60,6 +64,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Self; 5] = [
+        Self::Ok,
+        Self::Rejected,
+        Self::Failed,
+        Self::Unavailable,
+        Self::Timeout,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -77,6 +89,17 @@ pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     /// The request series seen so far.
     requests: Arc<RwLock<SeriesByRoute>>,
+    /// The upstream series, each registered on first use.
+    upstreams: Arc<UpstreamSeries>,
+}
+
+/// Upstream call series by service (and outcome), resolved once each, as
+/// the request series are: a labelled key built per call cost more than
+/// the counting.
+#[derive(Default)]
+struct UpstreamSeries {
+    count: [[OnceLock<Counter>; Outcome::ALL.len()]; Upstream::ALL.len()],
+    latency: [OnceLock<Histogram>; Upstream::ALL.len()],
 }
 
 /// Request series by route template, then method and status.
@@ -122,6 +145,7 @@ impl Metrics {
         Self {
             recorder,
             requests: Arc::default(),
+            upstreams: Arc::default(),
         }
     }
 
@@ -179,16 +203,20 @@ impl Metrics {
 
     /// Counts an upstream call.
     pub fn upstream(&self, service: Upstream, outcome: Outcome, latency: Duration) {
-        let service = Label::from_static_parts("service", service.label());
-        self.counter(
-            "upstream_requests_total",
-            vec![
-                service.clone(),
-                Label::from_static_parts("outcome", outcome.label()),
-            ],
-            1,
-        );
-        self.histogram("upstream_request_duration_seconds", vec![service], latency);
+        let label = || Label::from_static_parts("service", service.label());
+        self.upstreams.count[service as usize][outcome as usize]
+            .get_or_init(|| {
+                let outcome = Label::from_static_parts("outcome", outcome.label());
+                let key = Key::from_parts("upstream_requests_total", vec![label(), outcome]);
+                self.recorder.register_counter(&key, &META)
+            })
+            .increment(1);
+        self.upstreams.latency[service as usize]
+            .get_or_init(|| {
+                let key = Key::from_parts("upstream_request_duration_seconds", vec![label()]);
+                self.recorder.register_histogram(&key, &META)
+            })
+            .record(latency.as_secs_f64());
     }
 
     /// Counts a JWKS fetch; `background` ones that fail are refresh failures.
@@ -247,11 +275,5 @@ impl Metrics {
         self.recorder
             .register_counter(&Key::from_parts(name, labels), &META)
             .increment(by);
-    }
-
-    fn histogram(&self, name: &'static str, labels: Vec<Label>, latency: Duration) {
-        self.recorder
-            .register_histogram(&Key::from_parts(name, labels), &META)
-            .record(latency.as_secs_f64());
     }
 }

@@ -3,16 +3,16 @@
 //! Lines go through [`log_writer`](crate::log_writer): one `write` per
 //! burst, never dropped.
 
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::LogFormat;
+use crate::config::{log_filter, LogFormat};
 use crate::json_log::JsonLines;
 use crate::log_writer::{self, BatchGuard};
 use crate::request_scope;
@@ -39,7 +39,6 @@ pub enum Output {
 
 /// Installs the global subscriber writing to `output`.
 pub fn init_to(level: &str, format: LogFormat, output: Output) -> std::io::Result<LogGuard> {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = match output {
         Output::Stdout => log_writer::spawn(std::io::stdout())?,
         Output::Stderr => log_writer::spawn(std::io::stderr())?,
@@ -48,6 +47,8 @@ pub fn init_to(level: &str, format: LogFormat, output: Output) -> std::io::Resul
         Output::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
         Output::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
+    // Configuration checked it; a bad filter here (a test's) means `info`.
+    let filter = log_filter(level).unwrap_or_else(|| Targets::new().with_default(Level::INFO));
     let installed = match format {
         // Every line logged while serving a request carries its id and user.
         LogFormat::Json => tracing_subscriber::registry()
@@ -55,17 +56,20 @@ pub fn init_to(level: &str, format: LogFormat, output: Output) -> std::io::Resul
             .with(JsonLines::new(writer))
             .try_init()
             .is_ok(),
-        LogFormat::Pretty => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(writer)
-            // Colours only for a terminal: piped into a file or `docker
-            // compose logs`, escape codes are noise around every field.
-            .with_ansi(terminal)
-            .event_format(WithRequest(
-                tracing_subscriber::fmt::format()
-                    .compact()
-                    .with_ansi(terminal),
-            ))
+        LogFormat::Pretty => tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    // Colours only for a terminal: piped into a file or `docker
+                    // compose logs`, escape codes are noise around every field.
+                    .with_ansi(terminal)
+                    .event_format(WithRequest(
+                        tracing_subscriber::fmt::format()
+                            .compact()
+                            .with_ansi(terminal),
+                    )),
+            )
             .try_init()
             .is_ok(),
     };
