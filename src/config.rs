@@ -206,7 +206,13 @@ impl Config {
         match &service_key {
             None => r.problem("SUPABASE_SERVICE_ROLE_KEY: required but not set (SUPABASE_SERVICE_KEY is accepted too)"),
             Some((name, key)) => {
-                r.placeholder(name, key);
+                if !r.placeholder(name, key)
+                    && !key.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    r.problem(format!(
+                        "{name}: only visible ASCII characters (it is sent in HTTP headers)"
+                    ));
+                }
             }
         }
         let service_key = service_key.map(|(_, key)| key);
@@ -522,6 +528,22 @@ mod tests {
         assert_eq!(c.clerk.clock_skew, Duration::from_secs(5));
         assert_eq!(c.rate_limit_per_minute, 0);
         assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_service_key_that_cannot_be_sent_in_a_header_is_refused() {
+        let mut vars = MINIMAL.to_vec();
+        vars.retain(|(k, _)| *k != "SUPABASE_SERVICE_ROLE_KEY");
+        vars.push(("SUPABASE_SERVICE_ROLE_KEY", "key with spaces\n"));
+        let text = config(&vars).unwrap_err().to_string();
+        assert!(
+            text.contains("SUPABASE_SERVICE_ROLE_KEY: only visible ASCII"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("key with spaces"),
+            "the key is never printed: {text}"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use url::form_urlencoded;
 
-use super::{read_limited, ReadError, Transport, UpstreamFault};
+use super::{read_limited, Endpoint, ReadError, Transport, UpstreamFault};
 use crate::domain::{ImageId, ImageStatus, ListQuery, UserId};
 use crate::metrics::{Metrics, Outcome, Upstream};
 use crate::request_id::{RequestId, X_REQUEST_ID};
@@ -322,7 +322,7 @@ pub struct OwnedPage {
 #[derive(Clone)]
 pub struct BddClient {
     http: reqwest::Client,
-    base: String,
+    endpoint: Endpoint,
     timeout: Duration,
     metrics: Metrics,
 }
@@ -348,7 +348,7 @@ impl BddClient {
     pub fn new(http: reqwest::Client, base: &str, timeout: Duration, metrics: Metrics) -> Self {
         Self {
             http,
-            base: base.to_owned(),
+            endpoint: Endpoint::new(base),
             timeout,
             metrics,
         }
@@ -634,8 +634,8 @@ impl BddClient {
         expect: Expect,
     ) -> Result<BddAnswer, Attempt> {
         let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path_and_query}", self.base))
+            .endpoint
+            .request(&self.http, method.clone(), path_and_query)
             .timeout(self.timeout)
             .header(&X_REQUEST_ID, request_id.as_str());
         if let Some(body) = body {

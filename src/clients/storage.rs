@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{read_limited, ReadError, Transport, UpstreamFault};
-use crate::config::{Secret, StorageConfig};
+use super::{read_limited, Endpoint, ReadError, Transport, UpstreamFault};
+use crate::config::StorageConfig;
 use crate::domain::{ImageKind, UserId};
 use crate::metrics::{Metrics, Outcome, Upstream};
 use crate::request_id::{RequestId, X_REQUEST_ID};
@@ -179,13 +179,23 @@ struct ErrorBody {
     message: Option<String>,
 }
 
+/// A header value never printed by `Debug`. Configuration checked the key is
+/// visible ASCII; one that is not becomes an empty value Storage refuses.
+fn sensitive(text: &str) -> HeaderValue {
+    let mut value = HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
+    value.set_sensitive(true);
+    value
+}
+
 /// Talks to one bucket of Supabase Storage.
 #[derive(Clone)]
 pub struct StorageClient {
     http: reqwest::Client,
-    base: String,
+    endpoint: Endpoint,
     bucket: String,
-    key: Secret,
+    /// `Bearer <service key>` and the key itself, built once, marked sensitive.
+    authorization: HeaderValue,
+    apikey: HeaderValue,
     timeout: Duration,
     public_prefix: String,
     metrics: Metrics,
@@ -201,10 +211,11 @@ impl StorageClient {
     ) -> Self {
         Self {
             http,
-            base: format!("{}/storage/v1", config.url),
+            endpoint: Endpoint::new(&format!("{}/storage/v1", config.url)),
             public_prefix: format!("{}/storage/v1/object/public/{}/", config.url, config.bucket),
             bucket: config.bucket.clone(),
-            key: config.service_key.clone(),
+            authorization: sensitive(&format!("Bearer {}", config.service_key.expose())),
+            apikey: sensitive(config.service_key.expose()),
             timeout,
             metrics,
         }
@@ -336,11 +347,11 @@ impl StorageClient {
         path: &str,
         request_id: &RequestId,
     ) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
+        self.endpoint
+            .request(&self.http, method, path)
             .timeout(self.timeout)
-            .bearer_auth(self.key.expose())
-            .header("apikey", self.key.expose())
+            .header(header::AUTHORIZATION, self.authorization.clone())
+            .header("apikey", self.apikey.clone())
             .header(&X_REQUEST_ID, request_id.as_str())
     }
 
