@@ -1,7 +1,7 @@
 //! JSON answers: every body the service writes is built here.
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::Value;
@@ -38,8 +38,10 @@ pub fn json_response(status: StatusCode, body: impl Into<JsonBody>) -> Response 
     };
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, JSON_UTF8);
+    // Room for what the edge adds (security headers, request id, CORS), so
+    // the map is not grown and rehashed on every answer.
+    let headers = response.headers_mut();
+    *headers = HeaderMap::with_capacity(16);
+    headers.insert(header::CONTENT_TYPE, JSON_UTF8);
     response
 }
