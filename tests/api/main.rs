@@ -16,6 +16,7 @@ mod front_door;
 mod headers;
 mod health;
 mod images;
+mod layout;
 mod limits;
 mod metrics;
 mod openapi;
