@@ -152,6 +152,33 @@ def create_body(image: bytes, prompt: str = "benchmark image") -> bytes:
     }).encode()
 
 
+TAIL_CHUNK = 64 * 1024
+TAIL_PACE_S = 0.005
+
+
+def create_tail_ms(base: str, body: bytes, bearer: str) -> tuple[int, float]:
+    """One create sent at a network's pace (64 KiB every 5 ms, so the server
+    reads each piece as it arrives): its status, and the milliseconds from the
+    last body byte sent to the first byte of the answer."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall((f"POST /api/images HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                   "Connection: close\r\n\r\n").encode())
+        for at in range(0, len(body), TAIL_CHUNK):
+            time.sleep(TAIL_PACE_S)
+            s.sendall(body[at:at + TAIL_CHUNK])
+        sent = time.perf_counter()
+        first = s.recv(64)
+        tail = (time.perf_counter() - sent) * 1000
+        answer = first
+        while chunk := s.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+    return status, tail
+
+
 # ---------------------------------------------------------------- processes
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
@@ -717,10 +744,20 @@ def table(result: dict) -> str:
     out.append(f"idle RSS after start-up (median of rounds): service {fmt(idle['service'])} MiB, "
                f"floor {fmt(idle['floor'])} MiB; service after seeding: "
                f"{fmt(result['idle_rss_after_seed_mib'])} MiB")
+    if result.get("create_tail_ms"):
+        out.append(tail_line(result["create_tail_ms"]))
     out.append("service configurations: " + "; ".join(
         f"{k}: {' '.join(f'{a}={b}' for a, b in v.items()) or '(defaults)'}"
         for k, v in result["configs"].items()))
     return "\n".join(out)
+
+
+def tail_line(t: dict) -> str:
+    """The create's tail, service against floor, in one sentence."""
+    svc, flo = t["service"]["median"], t["floor"]["median"]
+    return (f"create 1 MiB sent at 64 KiB per 5 ms, last body byte to answer (median of "
+            f"{len(t['service']['runs'])}): service {fmt(svc, 2)} ms, floor {fmt(flo, 2)} ms "
+            f"(× {fmt(ratio(svc, flo), 2)})")
 
 
 def esc(s: str) -> str:
@@ -1150,6 +1187,31 @@ def main(argv) -> int:
                     per[sc.key].append(r)
                     progress(rnd, args.rounds, f"{sc.label} · {who}", r)
 
+        # The create's tail: from the last body byte to the answer, the
+        # service (which uploads while the body arrives) against the floor
+        # (which reads the whole body first), one create each in turn.
+        tails = {"service": [], "floor": []}
+        if "create" in per_svc:
+            ctx.stand.restart(seed_bdd)
+            svc.start(cfg_env["base"], "base")
+            floor.start(floor_env)
+            time.sleep(args.settle)
+            own_cpus = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {int(args.load_cpu)})
+            try:
+                for _ in range(5 if args.quick else 21):
+                    for who, server in (("service", svc), ("floor", floor)):
+                        st, ms = create_tail_ms(server.base, create_json, bearer)
+                        if st != 201:
+                            raise HarnessError(f"create tail: the {who} answered {st}\n"
+                                               f"{tail(server.log_path)}")
+                        tails[who].append(ms)
+            finally:
+                os.sched_setaffinity(0, own_cpus)
+            log(f"create 1 MiB, sent at 64 KiB per 5 ms: last body byte to answer, median "
+                f"service {median_of(tails['service']):.2f} ms, floor "
+                f"{median_of(tails['floor']):.2f} ms")
+
         mode = "quick" if args.quick else "full"
         standin_of = {p.key: p for p in plan if isinstance(p, StandinFloor)}
         result = {
@@ -1195,6 +1257,8 @@ def main(argv) -> int:
             "idle_rss_startup_mib": {k: median_of(v) for k, v in idle.items()},
             "idle_rss_startup_rounds_mib": idle,
             "idle_rss_after_seed_mib": idle_seed,
+            "create_tail_ms": {k: {"median": median_of(v), "runs": v}
+                               for k, v in tails.items()} if tails["service"] else None,
             "targets": TARGETS,
             "node_baseline": NODE,
             "scenarios": {
@@ -1212,6 +1276,8 @@ def main(argv) -> int:
                 for k, p in standin_of.items()},
         }
         result["adds"] = adds(result["scenarios"])
+        if result["create_tail_ms"]:
+            result["chart_notes"].append(tail_line(result["create_tail_ms"]))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         json_path = args.out.with_suffix(".json")
         svg_path = args.out.with_suffix(".svg")

@@ -82,21 +82,18 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine;
 use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use image_service::clients::storage::ObjectPath;
 use image_service::domain::UserId;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 mod common;
 
 use common::{spawn_app_on, StandIns, TestOptions, BUCKET};
+use stand_ins::server::KillSwitch;
 
 const UPSTREAM_TIMEOUT_MS: u64 = 300;
 const UPLOAD_TIMEOUT_MS: u64 = 500;
@@ -285,9 +282,6 @@ struct Gate {
     describe: Describe,
 }
 
-#[derive(Clone)]
-struct KillSwitch(Arc<Notify>);
-
 impl Gate {
     async fn start(
         name: &'static str,
@@ -374,40 +368,7 @@ impl Gate {
 
     async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         let app = Router::new().fallback(forward).with_state(self.clone());
-        loop {
-            let stream = tokio::select! {
-                _ = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let kill = KillSwitch(Arc::new(Notify::new()));
-            let svc = {
-                let kill = kill.clone();
-                app.clone()
-                    .map_request(move |mut req: Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(kill.clone());
-                        req
-                    })
-            };
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let conn =
-                    builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-                // Leaving the select drops the connection: the socket closes unanswered.
-                tokio::select! {
-                    _ = conn => {}
-                    _ = kill.0.notified() => {}
-                    _ = stop.cancelled() => {}
-                }
-            });
-        }
+        stand_ins::server::accept_loop(listener, app, stop).await;
     }
 }
 
@@ -435,11 +396,10 @@ impl Drop for HangUpWatch {
 }
 
 async fn drop_connection(req_kill: Option<KillSwitch>) -> Response {
-    if let Some(kill) = req_kill {
-        kill.0.notify_one();
-        std::future::pending::<()>().await;
+    match req_kill {
+        Some(kill) => match kill.hang_up().await {},
+        None => StatusCode::BAD_GATEWAY.into_response(),
     }
-    StatusCode::BAD_GATEWAY.into_response()
 }
 
 /// The upstream's answer, as the gate received it.

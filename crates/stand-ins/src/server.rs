@@ -208,7 +208,17 @@ impl Shared {
 /// Carried to each request of a connection so that a `Drop` fault can ask the
 /// connection task to close that socket.
 #[derive(Clone)]
-struct KillSwitch(Arc<Notify>);
+pub struct KillSwitch(Arc<Notify>);
+
+impl KillSwitch {
+    /// Closes the connection this request came on, unanswered: the connection
+    /// task drops the handler's future together with the socket, so this never
+    /// returns.
+    pub async fn hang_up(&self) -> std::convert::Infallible {
+        self.0.notify_one();
+        std::future::pending().await
+    }
+}
 
 /// The generic error answer, for stand-ins without a service-specific shape.
 pub fn generic_status_body(status: StatusCode) -> Response {
@@ -319,7 +329,9 @@ impl StandIn {
     }
 }
 
-async fn accept_loop(listener: TcpListener, app: Router, stop: CancellationToken) {
+/// Serves `app` on `listener` until `stop`, HTTP/1 and HTTP/2, each request
+/// carrying its connection's [`KillSwitch`] so a fault can drop the socket.
+pub async fn accept_loop(listener: TcpListener, app: Router, stop: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -391,11 +403,7 @@ async fn record_and_fault(State(shared): State<Arc<Shared>>, req: Request, next:
                 .into_response();
         }
         Some(Fault::Drop) => match parts.extensions.get::<KillSwitch>() {
-            Some(kill) => {
-                kill.0.notify_one();
-                // The connection task drops this future together with the connection.
-                std::future::pending::<()>().await;
-            }
+            Some(kill) => match kill.hang_up().await {},
             // Served without our accept loop (e.g. `Router::oneshot`): no socket to close.
             None => return (shared.status_body)(StatusCode::BAD_GATEWAY),
         },
@@ -418,11 +426,7 @@ async fn record_and_fault(State(shared): State<Arc<Shared>>, req: Request, next:
             let kill = parts.extensions.get::<KillSwitch>().cloned();
             let _handled = next.run(Request::from_parts(parts, Body::from(body))).await;
             return match kill {
-                Some(kill) => {
-                    kill.0.notify_one();
-                    // The connection task drops this future together with the connection.
-                    match std::future::pending::<std::convert::Infallible>().await {}
-                }
+                Some(kill) => match kill.hang_up().await {},
                 None => (shared.status_body)(StatusCode::BAD_GATEWAY),
             };
         }
