@@ -12,12 +12,13 @@
 
 use base64::engine::{general_purpose::GeneralPurposeConfig, DecodePaddingMode, GeneralPurpose};
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::image::{ImageDataError, ImageKind};
 
-/// Base64 characters decoded at once.
-const BLOCK: usize = 64 * 1024;
+/// Base64 characters gathered from small pieces (runs between escapes)
+/// before they are decoded together.
+const BLOCK: usize = 8 * 1024;
 /// Longest data-URL prefix looked for.
 const MAX_PREFIX: usize = 128;
 /// Decoded bytes needed to recognise every signature (WebP's is 12).
@@ -99,9 +100,9 @@ pub struct ImageStream {
     /// The first decoded bytes, until the format is known.
     head: Vec<u8>,
     kind: Option<Option<ImageKind>>,
-    /// Decoded bytes ready to be taken.
-    out: BytesMut,
-    scratch: Vec<u8>,
+    /// Decoded bytes ready to be taken (handed over whole, so no allocation
+    /// outlives the chunk it carries).
+    out: Vec<u8>,
 }
 
 impl ImageStream {
@@ -119,8 +120,7 @@ impl ImageStream {
             decoded: 0,
             head: Vec::new(),
             kind: None,
-            out: BytesMut::new(),
-            scratch: Vec::new(),
+            out: Vec::new(),
         }
     }
 
@@ -145,7 +145,7 @@ impl ImageStream {
     /// `min` is 0).
     pub fn take(&mut self, min: usize) -> Option<Bytes> {
         let ready = !self.out.is_empty() && self.out.len() >= min;
-        ready.then(|| self.out.split().freeze())
+        ready.then(|| Bytes::from(std::mem::take(&mut self.out)))
     }
 
     /// Takes more of the string's content, as written between its quotes.
@@ -199,7 +199,7 @@ impl ImageStream {
             self.base64_in(&rest);
         }
         if matches!(self.verdict, Verdict::Fine | Verdict::TooLarge) {
-            self.decode_pending(true);
+            self.decode_last();
         }
         let outcome = match self.verdict {
             Verdict::InvalidJson => StreamOutcome::InvalidJson,
@@ -247,96 +247,134 @@ impl ImageStream {
         }
     }
 
-    /// Characters of the base64 text itself.
+    /// Characters of the base64 text itself. Small pieces (runs between
+    /// escapes) gather in `pending`; a large one is decoded where it lies,
+    /// straight into `out`, all but its last group (which may carry the
+    /// padding): no copy of the text, no second copy of the bytes.
     fn base64_in(&mut self, chars: &[u8]) {
         match self.verdict {
-            Verdict::Fine | Verdict::TooLarge => {
-                self.pending.extend_from_slice(chars);
-                if self.pending.len() >= BLOCK + 4 {
-                    self.decode_pending(false);
-                }
-            }
+            Verdict::Fine | Verdict::TooLarge => {}
             // Characters reach here only on the fast path: JSON-checked later.
             Verdict::NotBase64 => {
                 for &byte in chars {
                     self.json_byte(byte);
                 }
+                return;
             }
-            Verdict::InvalidJson => {}
+            Verdict::InvalidJson => return,
         }
+        if self.pending.len() + chars.len() < BLOCK + 4 {
+            self.pending.extend_from_slice(chars);
+            return;
+        }
+        let mut chars = chars;
+        if !self.pending.is_empty() {
+            // Whole groups first, then more follows: none of them is the last.
+            let fill = (4 - self.pending.len() % 4) % 4;
+            let (head, rest) = chars.split_at(fill.min(chars.len()));
+            self.pending.extend_from_slice(head);
+            chars = rest;
+            if chars.is_empty() {
+                return;
+            }
+            let mut groups = std::mem::take(&mut self.pending);
+            if self.decode_run(&groups).is_err() {
+                self.refuse(&groups, chars);
+                return;
+            }
+            groups.clear();
+            self.pending = groups;
+        }
+        let keep = match chars.len() % 4 {
+            0 => 4,
+            partial => partial,
+        }
+        .min(chars.len());
+        let (run, last) = chars.split_at(chars.len() - keep);
+        if self.decode_run(run).is_err() {
+            self.refuse(run, last);
+            return;
+        }
+        self.pending.extend_from_slice(last);
     }
 
-    /// Decodes what is pending: all of it at the end, else whole groups of
-    /// four but the last (which may carry the padding).
-    fn decode_pending(&mut self, last: bool) {
-        let len = self.pending.len();
-        let take = if last {
-            len
+    /// Decodes whole groups with no padding, appended to `out` while the
+    /// image is kept, else only checked (a later base64 error still wins
+    /// over the size or the format).
+    fn decode_run(&mut self, run: &[u8]) -> Result<(), base64_simd::Error> {
+        self.chars += run.len() as u64;
+        let from = self.out.len();
+        if self.keeping() {
+            // Exact: a chunk handed over holds no spare room, which would
+            // stay allocated while it waits to be sent.
+            self.out.reserve_exact(run.len() / 4 * 3);
+            base64_simd::STANDARD_NO_PAD.decode_append(run, &mut self.out)?;
         } else {
-            (len.saturating_sub(4)) / 4 * 4
-        };
-        if take == 0 && !last {
+            base64_simd::STANDARD_NO_PAD.check(run)?;
+        }
+        self.decoded_more(from, run.len() / 4 * 3);
+        Ok(())
+    }
+
+    /// Decodes what is pending at the string's end, padding allowed.
+    fn decode_last(&mut self) {
+        let block = std::mem::take(&mut self.pending);
+        if !block.len().is_multiple_of(4) {
+            self.refuse(&block, &[]);
             return;
         }
-        if last && take % 4 != 0 {
-            let block = std::mem::take(&mut self.pending);
-            self.refuse_block(&block);
-            return;
-        }
-        let block: Vec<u8> = self.pending.drain(..take).collect();
         self.chars += block.len() as u64;
-        let decoded = if last {
-            base64_simd::STANDARD
-                .decode_to_vec(&block)
-                .or_else(|_| LENIENT.decode(&block))
-        } else {
-            // No padding may stand anywhere but at the very end.
-            self.scratch.clear();
-            base64_simd::STANDARD_NO_PAD
-                .decode_append(&block, &mut self.scratch)
-                .map(|_| std::mem::take(&mut self.scratch))
-                .map_err(|_| base64::DecodeError::InvalidPadding)
-        };
+        let decoded = base64_simd::STANDARD
+            .decode_to_vec(&block)
+            .or_else(|_| LENIENT.decode(&block));
         match decoded {
             Ok(bytes) => {
-                self.emit(&bytes);
-                if !last {
-                    self.scratch = bytes;
+                let from = self.out.len();
+                if self.keeping() {
+                    self.out.extend_from_slice(&bytes);
                 }
+                self.decoded_more(from, bytes.len());
             }
-            Err(_) => self.refuse_block(&block),
+            Err(_) => self.refuse(&block, &[]),
         }
     }
 
-    /// A block that did not decode: not base64, unless the body is not even JSON.
-    fn refuse_block(&mut self, block: &[u8]) {
+    /// Text that did not decode (and what followed it in the same piece):
+    /// not base64, unless the body is not even JSON.
+    fn refuse(&mut self, text: &[u8], after: &[u8]) {
         self.verdict = Verdict::NotBase64;
         self.out.clear();
         let rest = std::mem::take(&mut self.pending);
-        for &byte in block.iter().chain(rest.iter()) {
+        for &byte in text.iter().chain(after).chain(rest.iter()) {
             self.json_byte(byte);
         }
     }
 
-    fn emit(&mut self, bytes: &[u8]) {
-        self.decoded += bytes.len() as u64;
+    /// Whether decoded bytes are still worth keeping.
+    fn keeping(&self) -> bool {
+        self.verdict == Verdict::Fine && self.kind != Some(None)
+    }
+
+    /// Counts `n` more decoded bytes, those from `out[from..]` on when kept:
+    /// past the limit nothing is kept; the first ones name the format.
+    fn decoded_more(&mut self, from: usize, n: usize) {
+        self.decoded += n as u64;
         if self.decoded > self.max_bytes {
             self.verdict = Verdict::TooLarge;
             self.out.clear();
             return;
         }
-        if self.verdict != Verdict::Fine {
+        if self.kind.is_some() || self.out.len() == from {
             return;
         }
-        if self.kind.is_none() {
-            self.head
-                .extend_from_slice(&bytes[..bytes.len().min(SIGNATURE_BYTES)]);
-            if self.head.len() >= SIGNATURE_BYTES {
-                self.kind = Some(ImageKind::detect(&self.head));
+        let new = &self.out[from..];
+        self.head
+            .extend_from_slice(&new[..new.len().min(SIGNATURE_BYTES)]);
+        if self.head.len() >= SIGNATURE_BYTES {
+            self.kind = Some(ImageKind::detect(&self.head));
+            if self.kind == Some(None) {
+                self.out.clear();
             }
-        }
-        if self.kind != Some(None) {
-            self.out.extend_from_slice(bytes);
         }
     }
 
@@ -528,7 +566,8 @@ mod tests {
     }
 
     fn agree(raw: &str, max: usize) {
-        for piece in [1, 3, 7, 64, 100_000] {
+        // Pieces over BLOCK are decoded where they lie, the others gathered.
+        for piece in [1, 3, 7, 64, 65_537, 65_541, 100_000] {
             let (outcome, bytes) = stream(raw, piece, max);
             match (outcome, one_shot(raw, max)) {
                 (StreamOutcome::Image { kind, size }, Ok((k, b))) => {
@@ -575,6 +614,9 @@ mod tests {
         midway.insert(150_000, '*');
         agree(&midway, 100);
         agree(&format!("{}{}", b64(PNG), b64(&[0u8; 2001])), 1 << 20);
+        // Padding in the middle of a text too long to be gathered.
+        agree(&format!("{}{}", b64(PNG), b64(&big)), 1 << 20);
+        agree(&format!("{}{}", b64(&big[..100_001]), b64(&big)), 1 << 20);
     }
 
     #[test]

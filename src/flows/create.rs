@@ -45,15 +45,17 @@ use crate::request_id::RequestId;
 use crate::response::json_response;
 use crate::state::{AppState, UploadSlot};
 
-/// Decoded bytes sent to Storage at once.
-const UPLOAD_CHUNK: usize = 64 * 1024;
+/// Decoded bytes sent to Storage at once, at least (a body piece's worth:
+/// up to 48 KiB from hyper's 64 KiB reads).
+const UPLOAD_CHUNK: usize = 32 * 1024;
 /// Decoded bytes held before an upload starts: an image smaller than this
 /// is uploaded only once the whole body has passed its checks, so a refused
 /// small create never reaches Storage; a larger one streams from here on.
-const UPLOAD_START: usize = 256 * 1024;
-/// Chunks waiting for Storage at most: the receiving waits beyond (TCP
-/// back-pressure on the client), so memory stays bounded.
-const UPLOAD_QUEUE: usize = 4;
+const UPLOAD_START: usize = 64 * 1024;
+/// Chunks waiting for Storage at most, besides the few hyper's connection
+/// buffers: the receiving waits beyond (TCP back-pressure on the client),
+/// so a create holds a few hundred KiB whatever the image's size.
+const UPLOAD_QUEUE: usize = 2;
 
 /// A failed attempt: the answer, and the attempt if its record may exist.
 struct Failure {
@@ -369,6 +371,7 @@ async fn streamed(
         if let Some(hasher) = hasher.as_deref_mut() {
             hasher.update(&chunk);
         }
+        let mut fed = false;
         for event in scan.feed(&chunk) {
             match event {
                 Event::ImageStart { before } => {
@@ -385,7 +388,7 @@ async fn streamed(
                 Event::ImageContent(range) => {
                     if let Some(receiving) = current.as_mut() {
                         receiving.decoder.feed(&chunk[range]);
-                        pump(state, user, receiving, request_id).await;
+                        fed = true;
                     }
                 }
                 Event::ImageEnd => {
@@ -394,6 +397,12 @@ async fn streamed(
                     }
                 }
             }
+        }
+        // Gone before the upload is waited on: hyper then reads the next
+        // piece into the same buffer instead of a new one.
+        drop(chunk);
+        if let (Some(receiving), true) = (current.as_mut(), fed) {
+            pump(state, user, receiving, request_id).await;
         }
     };
     let (outcome, kept) = match last {
@@ -545,7 +554,12 @@ async fn record(
         }
     };
     state.metrics.bytes_stored(size);
-    tracing::info!(image_id = %record.id, object = %path, "image stored");
+    // A string id as its text, not as JSON (no quotes inside the log field).
+    let id = record
+        .id
+        .as_str()
+        .map_or_else(|| record.id.to_string(), str::to_owned);
+    tracing::info!(image_id = %id, object = %path, "image stored");
     Ok(created_body(&record, user, text, &url))
 }
 

@@ -153,6 +153,18 @@ async fn json_logs_tie_every_line_of_a_request_to_its_request_and_user_ids() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 502);
+    stand_ins.bdd.clear_faults();
+    let stored: serde_json::Value = client
+        .post(format!("{base}/api/images"))
+        .bearer_auth(&token)
+        .header("x-request-id", "req-log-2")
+        .json(&serde_json::json!({"prompt": "p", "imageData": png_base64(32)}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     child.start_kill().unwrap();
     let output = child.wait_with_output().await.unwrap();
@@ -184,6 +196,15 @@ async fn json_logs_tie_every_line_of_a_request_to_its_request_and_user_ids() {
     assert_eq!(summary["method"], "POST");
     assert_eq!(summary["path"], "/api/images");
     assert!(summary["latency_ms"].is_number());
+    // An image's id is logged as its text, as the answer gives it.
+    let stored_line = lines
+        .iter()
+        .find(|l| l["request_id"] == "req-log-2" && l["message"] == "image stored")
+        .unwrap_or_else(|| panic!("no image stored line: {stdout}"));
+    assert_eq!(
+        stored_line["image_id"], stored["data"]["image_id"],
+        "{stored_line}"
+    );
     assert!(!stdout.contains(&token), "a token was logged");
     assert!(!stdout.contains(SERVICE_KEY), "the service key was logged");
 }
