@@ -24,6 +24,11 @@ pub struct Connections(Arc<Table>);
 struct Table {
     max: usize,
     evict_at: usize,
+    /// Connections asked to close at once, at least: one scan of the table
+    /// serves many accepts, so a flood of idle sockets costs no scan each.
+    evict_batch: usize,
+    /// Connections asked to close that have not closed yet.
+    leaving: AtomicUsize,
     epoch: Instant,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Connection>>>,
@@ -68,6 +73,8 @@ impl Connections {
         Self(Arc::new(Table {
             max,
             evict_at: (max * 9 / 10).max(1),
+            evict_batch: (max / 20).max(1),
+            leaving: AtomicUsize::new(0),
             epoch: Instant::now(),
             next_id: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
@@ -100,8 +107,11 @@ impl Connections {
         });
         let mut open = lock(&table.open);
         open.insert(id, connection.clone());
-        if open.len() >= table.evict_at {
-            Self::evict_idle(&open, open.len() + 1 - table.evict_at, id);
+        let staying = open.len() - table.leaving.load(Ordering::Acquire).min(open.len());
+        if staying >= table.evict_at {
+            let count = (staying + 1 - table.evict_at).max(table.evict_batch);
+            let asked = Self::evict_idle(&open, count, id);
+            table.leaving.fetch_add(asked, Ordering::AcqRel);
         }
         drop(open);
         Registered {
@@ -124,8 +134,9 @@ impl Connections {
         self.0.epoch.elapsed().as_millis() as u64
     }
 
-    /// Asks up to `count` idle connections (never `spare`) to close, longest idle first.
-    fn evict_idle(open: &HashMap<u64, Arc<Connection>>, count: usize, spare: u64) {
+    /// Asks up to `count` idle connections (never `spare`) to close, longest
+    /// idle first; says how many it asked.
+    fn evict_idle(open: &HashMap<u64, Arc<Connection>>, count: usize, spare: u64) -> usize {
         let mut idle: Vec<&Arc<Connection>> = open
             .values()
             .filter(|c| {
@@ -134,11 +145,17 @@ impl Connections {
                     && !c.evicting.load(Ordering::Acquire)
             })
             .collect();
-        idle.sort_by_key(|c| (c.idle_since.load(Ordering::Relaxed), c.id));
-        for connection in idle.into_iter().take(count) {
+        let key = |c: &&Arc<Connection>| (c.idle_since.load(Ordering::Relaxed), c.id);
+        if count < idle.len() {
+            // The `count` longest idle, in no order: linear, not a sort.
+            idle.select_nth_unstable_by_key(count, key);
+            idle.truncate(count);
+        }
+        for connection in &idle {
             connection.evicting.store(true, Ordering::Release);
             connection.evicted.notify_one();
         }
+        idle.len()
     }
 }
 
@@ -157,7 +174,12 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        lock(&self.table.open).remove(&self.connection.id);
+        let mut open = lock(&self.table.open);
+        open.remove(&self.connection.id);
+        if self.connection.evicting.load(Ordering::Acquire) {
+            self.table.leaving.fetch_sub(1, Ordering::AcqRel);
+        }
+        drop(open);
         self.table.closed.notify_waiters();
     }
 }
@@ -262,5 +284,31 @@ mod tests {
         assert_ne!(evicted[0], ninth.connection.id, "nor the one just opened");
         drop(first);
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_closes_a_batch_at_once_and_counts_those_leaving() {
+        let table = Connections::new(100);
+        let first: Vec<Registered> = (0..90).map(|_| table.open()).collect();
+        let asked = |all: &[Registered]| {
+            all.iter()
+                .filter(|r| r.connection.evicting.load(Ordering::Acquire))
+                .map(|r| r.connection.id)
+                .collect::<Vec<_>>()
+        };
+        // The 90th: 5 % of the table asked to close, the longest idle first.
+        let mut evicted = asked(&first);
+        evicted.sort_unstable();
+        assert_eq!(evicted, vec![0, 1, 2, 3, 4]);
+        // Those five leaving, the next opens ask nobody else.
+        let more: Vec<Registered> = (0..4).map(|_| table.open()).collect();
+        assert_eq!(asked(&first).len() + asked(&more).len(), 5);
+        // Once they have closed, the count of those leaving is back to zero.
+        let (leaving, staying): (Vec<_>, Vec<_>) = first
+            .into_iter()
+            .partition(|r| r.connection.evicting.load(Ordering::Acquire));
+        drop(leaving);
+        assert_eq!(table.0.leaving.load(Ordering::Acquire), 0);
+        assert_eq!(table.len(), staying.len() + more.len());
     }
 }
