@@ -59,22 +59,6 @@ async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut() -> 
     }
 }
 
-async fn metric(app: &TestApp, series: &str) -> Option<f64> {
-    let scrape = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    scrape
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 // ---------------------------------------------------------- Idempotency-Key
 
 #[tokio::test]

@@ -15,6 +15,28 @@ use stand_ins::{standard_claims, RecordedRequest};
 
 pub use crate::common::*;
 
+/// The value of one series (name and labels, exactly) in a `/metrics` scrape.
+pub fn metric_in(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The value of one series of `app`'s `/metrics` now.
+pub async fn metric(app: &TestApp, series: &str) -> Option<f64> {
+    let scrape = app
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_in(&scrape, series)
+}
+
 /// A well-formed image id (cuid style) that no record has.
 pub const CUID: &str = "clx2k9abc0000qwerty123456";
 /// The built service, for tests that run it as a process.

@@ -41,19 +41,7 @@ async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut() -> 
 /// The `uploads_in_flight` gauge: an upload under way shows there before
 /// Storage has its whole body.
 async fn uploads_in_flight(app: &TestApp) -> f64 {
-    let scrape = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix("uploads_in_flight "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    metric(app, "uploads_in_flight").await.unwrap_or(0.0)
 }
 
 fn uploads(app: &TestApp) -> Vec<stand_ins::RecordedRequest> {

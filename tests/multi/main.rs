@@ -94,12 +94,7 @@ impl Cluster {
             .text()
             .await
             .unwrap();
-        scrape
-            .lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        metric_in(&scrape, series).unwrap_or(0.0)
     }
 }
 
