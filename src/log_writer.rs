@@ -8,7 +8,9 @@
 //! thread takes the whole buffer in one `write`: at once after a quiet
 //! spell, else [`LINGER`] after its previous write. Lines are never dropped
 //! and never interleaved: when the writer falls behind by [`LIMIT`] bytes,
-//! loggers wait for it, so memory stays bounded.
+//! loggers wait for it, so memory stays bounded. A normal exit (SIGTERM,
+//! SIGINT) writes what is left; SIGKILL loses at most the last [`LINGER`]
+//! of lines, as any buffered writer would.
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -61,7 +61,7 @@ async fn the_binary_starts_and_is_healthy_with_the_dockerfile_environment() {
     let workdir = temp_dir("container");
 
     // Act
-    let mut child = tokio::process::Command::new(BIN)
+    let child = tokio::process::Command::new(BIN)
         .current_dir(&workdir)
         .env_clear()
         .envs(&env)
@@ -88,12 +88,21 @@ async fn the_binary_starts_and_is_healthy_with_the_dockerfile_environment() {
 
     // Assert
     assert!(healthy, "healthcheck never passed");
-    let _ = child.start_kill();
-    let output = child.wait_with_output().await.unwrap();
+    // SIGTERM, as a container runtime stops it: the log lines still
+    // waiting for their batch are written before the process exits.
+    let pid = child.id().expect("running").to_string();
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("exits within 10 s of SIGTERM")
+        .unwrap();
+    assert!(output.status.success(), "{:?}", output.status);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    // SIGKILL may cut the last line short: only whole lines count.
-    let whole = stdout.rsplit_once('\n').map_or("", |(whole, _)| whole);
-    let lines: Vec<serde_json::Value> = whole
+    let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON logs (LOG_FORMAT=json)"))
         .collect();
