@@ -143,28 +143,20 @@ async fn json_logs_tie_every_line_of_a_request_to_its_request_and_user_ids() {
     let client = reqwest::Client::new();
     let token = stand_ins.token("user_log");
 
+    let create = |request_id: &'static str| {
+        client
+            .post(format!("{base}/api/images"))
+            .bearer_auth(&token)
+            .header("x-request-id", request_id)
+            .json(&serde_json::json!({"prompt": "p", "imageData": png_base64(32)}))
+            .send()
+    };
+
     // Act
-    let answer = client
-        .post(format!("{base}/api/images"))
-        .bearer_auth(&token)
-        .header("x-request-id", "req-log-1")
-        .json(&serde_json::json!({"prompt": "p", "imageData": png_base64(32)}))
-        .send()
-        .await
-        .unwrap();
+    let answer = create("req-log-1").await.unwrap();
     assert_eq!(answer.status(), 502);
     stand_ins.bdd.clear_faults();
-    let stored: serde_json::Value = client
-        .post(format!("{base}/api/images"))
-        .bearer_auth(&token)
-        .header("x-request-id", "req-log-2")
-        .json(&serde_json::json!({"prompt": "p", "imageData": png_base64(32)}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored: serde_json::Value = create("req-log-2").await.unwrap().json().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     child.start_kill().unwrap();
     let output = child.wait_with_output().await.unwrap();
