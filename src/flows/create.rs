@@ -18,13 +18,14 @@
 //!   another body), waits for a running first request (`409`), and settles
 //!   an undecided one first. The body's fingerprint is computed as it passes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::body::{upload_slot, PacedBody};
@@ -52,10 +53,13 @@ const UPLOAD_CHUNK: usize = 32 * 1024;
 /// is uploaded only once the whole body has passed its checks, so a refused
 /// small create never reaches Storage; a larger one streams from here on.
 const UPLOAD_START: usize = 64 * 1024;
-/// Chunks waiting for Storage at most, besides the few hyper's connection
-/// buffers: the receiving waits beyond (TCP back-pressure on the client),
-/// so a create holds a few hundred KiB whatever the image's size.
-const UPLOAD_QUEUE: usize = 2;
+/// Decoded chunks not yet written to Storage's socket, at most: waiting
+/// for the upload, or in its connection's write buffer, which alone takes
+/// up to 16 chunks (400 KiB) when Storage reads slowly. Each chunk holds a
+/// permit until the connection has written it; the receiving waits beyond
+/// (TCP back-pressure on the client), so a create holds four chunks of its
+/// image at most (32 to 48 KiB each), whatever its size and Storage's pace.
+const UPLOAD_IN_FLIGHT: usize = 4;
 
 /// A failed attempt: the answer, and the attempt if its record may exist.
 struct Failure {
@@ -271,13 +275,28 @@ fn validation_error(e: NewImageError) -> ApiError {
 struct Upload {
     path: ObjectPath,
     chunks: Option<mpsc::Sender<Result<Bytes, std::io::Error>>>,
+    /// [`UPLOAD_IN_FLIGHT`] permits, one per chunk not yet written.
+    in_flight: Arc<Semaphore>,
     task: JoinHandle<Result<(), StorageError>>,
+}
+
+/// A chunk on its way to Storage, holding its in-flight permit until the
+/// upload's connection has written and dropped it.
+struct Unwritten {
+    chunk: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Unwritten {
+    fn as_ref(&self) -> &[u8] {
+        &self.chunk
+    }
 }
 
 impl Upload {
     fn start(state: &AppState, user: &UserId, kind: ImageKind, request_id: &RequestId) -> Self {
         let path = ObjectPath::new_image(user, kind);
-        let (sender, receiver) = mpsc::channel(UPLOAD_QUEUE);
+        let (sender, receiver) = mpsc::channel(UPLOAD_IN_FLIGHT);
         let (storage, target, request_id) =
             (state.storage.clone(), path.clone(), request_id.clone());
         // The whole call, the body's own time included.
@@ -294,6 +313,7 @@ impl Upload {
         Self {
             path,
             chunks: Some(sender),
+            in_flight: Arc::new(Semaphore::new(UPLOAD_IN_FLIGHT)),
             task,
         }
     }
@@ -301,10 +321,20 @@ impl Upload {
     /// Sends decoded bytes; if Storage already gave up, the rest is dropped
     /// (its answer says why).
     async fn send(&mut self, chunk: Bytes) {
-        if let Some(chunks) = &self.chunks {
-            if chunks.send(Ok(chunk)).await.is_err() {
-                self.chunks = None;
-            }
+        let Some(chunks) = &self.chunks else {
+            return;
+        };
+        // Never closed. A failed upload drops what it holds, which frees
+        // the permits; a stuck one ends at its timeout.
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let chunk = Bytes::from_owner(Unwritten {
+            chunk,
+            _permit: permit,
+        });
+        if chunks.send(Ok(chunk)).await.is_err() {
+            self.chunks = None;
         }
     }
 
