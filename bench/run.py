@@ -499,6 +499,10 @@ def measure(ctx: Ctx, what: str, script: str, connections: int, url: str, env: d
         # The warm-up is cut off: requests still in flight in the server (and
         # the upload slots they hold) must be done before the measured run.
         wait_idle(list(pids.values()))
+    # What earlier runs wrote (the flood's gigabyte in Storage, a health
+    # run's log lines) is flushed now, not by the kernel during this run:
+    # that writeback had doubled some rounds' p99.
+    os.sync()
     for p in pids.values():
         reset_peak(p)
     before = {k: cpu_ticks(p) for k, p in pids.items()}
