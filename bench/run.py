@@ -485,8 +485,7 @@ def absorb_aftermath(ctx: Ctx, url: str, bearer: str, rnd: int) -> None:
     cleared it: the disturbance is absorbed by load, so it gets load here."""
     ctx.stand.restart(ctx.seed_bdd)
     os.sync()
-    env = {"BENCH_PATHS_FILE": str(ctx.work / "list.paths"), "BENCH_AUTH": bearer}
-    run_wrk("get.lua", 32, url, env, False, 10, 1.0 if ctx.args.quick else 10.0, ctx.work,
+    run_wrk("get.lua", 32, url, list_env(ctx.work, bearer), False, 10, 1.0 if ctx.args.quick else 10.0, ctx.work,
             f"r{rnd}s-aftermath", "aftermath")
 
 
@@ -982,6 +981,11 @@ def parse_args(argv):
     return a
 
 
+def list_env(work: Path, bearer: str) -> dict:
+    """The wrk environment of a list run."""
+    return {"BENCH_PATHS_FILE": str(work / "list.paths"), "BENCH_AUTH": bearer}
+
+
 def build_plan(args, work: Path, urls: dict, bearer: str) -> list:
     """The runs of one round, in order: each Scenario against the service then
     the floor, the stand-in floors after the row they belong to; grouped by
@@ -990,7 +994,7 @@ def build_plan(args, work: Path, urls: dict, bearer: str) -> list:
     key = f"Bearer {urls['service_key']}"
     create = {"BENCH_PATH": "/api/images", "BENCH_BODY_FILE": str(work / "create.json"),
               "BENCH_AUTH": bearer}
-    lst = {"BENCH_PATHS_FILE": str(work / "list.paths"), "BENCH_AUTH": bearer}
+    lst = list_env(work, bearer)
     big_label = f"{args.big_image_bytes / MIB:.1f} MiB"
     C = CREATE_CONNECTIONS
     return [

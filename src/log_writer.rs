@@ -6,7 +6,8 @@
 //! `/api/health` request where the request itself needs 2. Here a line is
 //! appended to a shared buffer under an uncontended lock, and a writer
 //! thread takes the whole buffer in one `write`: at once after a quiet
-//! spell, else [`LINGER`] after its previous write. Lines are never dropped
+//! spell, else once it holds [`BATCH`] bytes or [`LINGER`] after its
+//! previous write, whichever comes first. Lines are never dropped
 //! and never interleaved: when the writer falls behind by [`LIMIT`] bytes,
 //! loggers wait for it, so memory stays bounded. A normal exit (SIGTERM,
 //! SIGINT) writes what is left; SIGKILL loses at most the last [`LINGER`]
