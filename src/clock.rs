@@ -46,9 +46,10 @@ pub fn push_iso_micros(out: &mut String) {
 /// as every log line pays for it.
 fn push_fraction(out: &mut String, value: u32, digits: u32) {
     out.push('.');
-    for place in (0..digits).rev() {
-        let digit = (value / 10u32.pow(place)) % 10;
-        out.push(char::from(b'0' + digit as u8));
+    let mut place = 10u32.pow(digits);
+    while place > 1 {
+        place /= 10;
+        out.push(char::from(b'0' + (value / place % 10) as u8));
     }
     out.push('Z');
 }

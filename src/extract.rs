@@ -12,7 +12,6 @@ use crate::body::PacedBody;
 use crate::domain::{msg, FieldError, ImageId, Location, UserId};
 use crate::error::ApiError;
 use crate::idempotency::{IdempotencyKey, IDEMPOTENCY_KEY};
-use crate::request_id::RequestId;
 use crate::request_scope;
 use crate::state::AppState;
 
@@ -25,11 +24,7 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(&parts.headers)?;
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(RequestId::generate);
+        let request_id = request_scope::request_id();
         let user = state.verifier.verify(token, &request_id).await?;
         request_scope::set_user(user.as_str());
         Ok(Self(user))

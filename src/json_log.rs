@@ -129,8 +129,52 @@ fn json_string(line: &mut String, s: &str) {
     line.push('"');
 }
 
+/// The bytes JSON strings escape: control characters, `"` and `\\`.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// Whether no byte of `s` needs an escape. Eight bytes at a time (the
+/// classic has-less-than and has-zero-byte word tricks, which are exact for
+/// "any byte"): the strings of a request's line took half the time byte by byte.
+fn is_plain(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let mut words = s.chunks_exact(8);
+    for chunk in &mut words {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        let control = v.wrapping_sub(ONES * 0x20) & !v & HIGH != 0;
+        if control
+            || has_zero(v ^ (ONES * u64::from(b'"')))
+            || has_zero(v ^ (ONES * u64::from(b'\\')))
+        {
+            return false;
+        }
+    }
+    !words
+        .remainder()
+        .iter()
+        .any(|&b| NEEDS_ESCAPE[usize::from(b)])
+}
+
 /// Appends `s` escaped for the inside of a JSON string.
 fn escape_into(line: &mut String, s: &str) {
+    // Nearly every string needs no escape: one check, then one copy.
+    if is_plain(s.as_bytes()) {
+        line.push_str(s);
+        return;
+    }
     let mut from = 0;
     for (i, byte) in s.bytes().enumerate() {
         let escape = match byte {
@@ -151,6 +195,35 @@ fn escape_into(line: &mut String, s: &str) {
         from = i + 1;
     }
     line.push_str(&s[from..]);
+}
+
+/// Appends `value` if it is a whole number of thousandths (a latency in
+/// milliseconds, to the microsecond, as every request's line has), as ryu
+/// would write it, and says whether it did: two integer formats, where ryu's
+/// general algorithm was a tenth of the line's cost.
+fn push_millis(line: &mut String, value: f64) -> bool {
+    if value.is_sign_negative() || value >= 1e12 {
+        return false;
+    }
+    let thousandths = (value * 1000.0).round();
+    if thousandths / 1000.0 != value {
+        return false;
+    }
+    let thousandths = thousandths as u64;
+    let fraction = thousandths % 1000;
+    line.push_str(itoa::Buffer::new().format(thousandths / 1000));
+    line.push('.');
+    // As ryu: no trailing zeros, but at least one digit after the point.
+    let mut rest = fraction;
+    let mut place = 100;
+    loop {
+        line.push(char::from(b'0' + (rest / place) as u8));
+        rest %= place;
+        place /= 10;
+        if rest == 0 {
+            return true;
+        }
+    }
 }
 
 /// Renders fields as `,"key":value` onto a string.
@@ -192,10 +265,10 @@ impl Visit for Fields<'_> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);
-        if value.is_finite() {
-            self.0.push_str(ryu::Buffer::new().format_finite(value));
-        } else {
+        if !value.is_finite() {
             self.0.push_str("null");
+        } else if !push_millis(self.0, value) {
+            self.0.push_str(ryu::Buffer::new().format_finite(value));
         }
     }
 
@@ -311,6 +384,44 @@ mod tests {
         assert!(lines[0].get("user_id").is_none());
         assert_eq!(lines[1]["user_id"], "user_\"q\"");
         assert!(lines[2].get("request_id").is_none());
+    }
+
+    #[test]
+    fn latencies_are_written_as_ryu_writes_them() {
+        let micros = (0..20_000u64).chain([999_999, 1_000_000, 123_456_789, 86_400_000_000]);
+        for value in micros
+            .map(|us| us as f64 / 1000.0)
+            .chain([0.1, 2.5, 1e11 + 0.5])
+        {
+            let mut fast = String::new();
+            assert!(push_millis(&mut fast, value), "{value}");
+            assert_eq!(fast, ryu::Buffer::new().format_finite(value), "{value}");
+        }
+        for other in [-0.0, -1.5, 0.0001, 1.0 / 3.0, 1e12, 1e300] {
+            assert!(!push_millis(&mut String::new(), other), "{other}");
+        }
+    }
+
+    #[test]
+    fn plain_strings_are_told_from_those_needing_an_escape_at_every_offset() {
+        for len in 0..24 {
+            let base = "aé/~ZZZZ-".repeat(3);
+            let base: String = base.chars().take(len).collect();
+            assert!(is_plain(base.as_bytes()), "{base:?}");
+            for at in 0..=base.len() {
+                if !base.is_char_boundary(at) {
+                    continue;
+                }
+                for bad in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
+                    let mut s = base.clone();
+                    s.insert(at, bad);
+                    assert!(!is_plain(s.as_bytes()), "{s:?}");
+                }
+                let mut s = base.clone();
+                s.insert(at, ' ');
+                assert!(is_plain(s.as_bytes()), "{s:?}");
+            }
+        }
     }
 
     #[test]

@@ -102,8 +102,13 @@ struct UpstreamSeries {
     latency: [OnceLock<Histogram>; Upstream::ALL.len()],
 }
 
-/// Request series by route template, then method and status.
-type SeriesByRoute = HashMap<String, HashMap<(Method, u16), RequestSeries>>;
+/// Request series by route template, then method and status. Keys come from
+/// small fixed sets (route templates, known methods, statuses), so a fast
+/// hash without flood resistance fits: SipHash was two of the lookup's
+/// three costs.
+type SeriesByRoute = HashMap<String, HashMap<(Method, u16), RequestSeries, FxBuild>, FxBuild>;
+
+type FxBuild = rustc_hash::FxBuildHasher;
 
 /// The two series of one route, method and status, resolved once: building
 /// their labelled keys on every request cost about a microsecond.
@@ -162,17 +167,23 @@ impl Metrics {
                 &other
             }
         };
-        let known = self
-            .requests
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(route)
-            .and_then(|by| by.get(&(method.clone(), status)))
-            .cloned();
+        let seconds = latency.as_secs_f64();
+        {
+            let requests = self.requests.read().unwrap_or_else(|e| e.into_inner());
+            let known = requests
+                .get(route)
+                .and_then(|by| by.get(&(method.clone(), status)));
+            // Counted under the read lock: no handle cloned per request.
+            if let Some(series) = known {
+                series.count.increment(1);
+                series.latency.record(seconds);
+                return;
+            }
+        }
         // The read guard is gone here: registering takes the write lock.
-        let series = known.unwrap_or_else(|| self.request_series(route, method, status));
+        let series = self.request_series(route, method, status);
         series.count.increment(1);
-        series.latency.record(latency.as_secs_f64());
+        series.latency.record(seconds);
     }
 
     /// Registers (once) the series of a route, method and status.

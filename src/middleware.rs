@@ -37,7 +37,7 @@ impl<S> tower::Layer<S> for Edge {
     fn layer(&self, inner: S) -> EdgeService<S> {
         EdgeService {
             inner,
-            edge: self.clone(),
+            edge: Arc::new(self.clone()),
         }
     }
 }
@@ -52,7 +52,8 @@ impl<S> tower::Layer<S> for Edge {
 #[derive(Clone)]
 pub struct EdgeService<S> {
     inner: S,
-    edge: Edge,
+    /// Shared by its requests: one reference count each, not one per field.
+    edge: Arc<Edge>,
 }
 
 /// What the edge keeps about a request until its answer.
@@ -75,14 +76,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
+    fn call(&mut self, req: Request) -> Self::Future {
         let started = Instant::now();
         let request_id = req
             .headers()
             .get(&X_REQUEST_ID)
             .and_then(RequestId::from_header)
             .unwrap_or_else(RequestId::generate);
-        req.extensions_mut().insert(request_id.clone());
         let route = req.extensions().get::<MatchedPath>().cloned();
         let origin = self.edge.origins.allowed(req.headers());
         let scope = RequestScope::new(request_id, req.method().clone(), req.uri().clone());
@@ -130,7 +130,7 @@ pin_project_lite::pin_project! {
         inner: Option<TaskLocalFuture<Arc<RequestScope>, F>>,
         early: Option<Response>,
         served: Option<Served>,
-        edge: Edge,
+        edge: Arc<Edge>,
     }
 }
 

@@ -1,13 +1,12 @@
 //! The request id (contract §6): taken from `X-Request-Id` or generated,
 //! echoed on the answer and sent on every upstream call.
 //!
-//! The bottom layer: the edge sets it, extractors read it, and the clients
-//! and the key store send it, so none of them needs the others.
+//! The bottom layer: the edge sets it (in the request's scope, which
+//! handlers extract it from, in `request_scope`), and the
+//! clients and the key store send it, so none of them needs the others.
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 
 /// `X-Request-Id`.
@@ -36,18 +35,6 @@ impl RequestId {
     /// The id.
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for RequestId {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(RequestId::generate))
     }
 }
 

@@ -10,6 +10,8 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{Method, Uri};
 use tokio::task::futures::TaskLocalFuture;
 
@@ -70,6 +72,21 @@ pub fn current() -> Option<Arc<RequestScope>> {
 /// Calls `f` with the scope of the request being served here, if any.
 pub fn with_current<R>(f: impl FnOnce(&RequestScope) -> R) -> Option<R> {
     CURRENT.try_with(|scope| f(scope)).ok()
+}
+
+/// The id of the request being served here; a fresh one outside any request.
+pub fn request_id() -> RequestId {
+    with_current(|scope| scope.request_id.clone()).unwrap_or_else(RequestId::generate)
+}
+
+/// Handlers take the request id from the scope the edge set: one lookup,
+/// where a request extension cost an insert (and a table growth) per request.
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(_: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(request_id())
+    }
 }
 
 /// Names the authenticated user on every later line of this request.
