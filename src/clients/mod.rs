@@ -111,8 +111,9 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
         .redirect(reqwest::redirect::Policy::none())
         // Retries are the callers' to decide (a create must not be sent
         // twice behind their back, contract §7); reqwest's default policy
-        // also charged a retry budget on every request.
-        .retry(reqwest::retry::never())
+        // also charged a retry budget on every request. No retry allowed
+        // at all, so no copy of each request is kept for one either.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .build()
 }
 
