@@ -162,6 +162,13 @@ async fn the_smoke_script_passes_against_the_dev_stack_and_leaves_nothing_behind
         stack.stack.storage.object_paths("images").is_empty(),
         "the object is deleted"
     );
+    let s = &stack.stack;
+    assert!(
+        s.clerk.requests().is_empty()
+            && s.storage.requests().is_empty()
+            && s.bdd.requests().is_empty(),
+        "the dev stack keeps no log of the requests it served (it runs for hours)"
+    );
     stack.stop().await;
 }
 

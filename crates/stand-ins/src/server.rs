@@ -166,6 +166,9 @@ struct RandomFaults {
 
 struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Off for a stand-in that runs for hours (the dev stack): the log
+    /// keeps every request's headers and body.
+    recording: std::sync::atomic::AtomicBool,
     rules: Mutex<VecDeque<FaultRule>>,
     random: Mutex<RandomFaults>,
     status_body: StatusBody,
@@ -271,6 +274,7 @@ impl StandIn {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
+            recording: std::sync::atomic::AtomicBool::new(true),
             rules: Mutex::new(VecDeque::new()),
             random: Mutex::new(RandomFaults {
                 rate: 0.0,
@@ -305,6 +309,16 @@ impl StandIn {
     /// Every request received so far, in order, including faulted ones.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).clone()
+    }
+
+    /// Stops recording requests and forgets those recorded: for a stand-in
+    /// that serves for hours, where the log would grow by every request's
+    /// headers and body (gigabytes in a benchmark's hour).
+    pub fn stop_recording(&self) {
+        self.shared
+            .recording
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.clear_requests();
     }
 
     /// Forgets the recorded requests.
@@ -377,13 +391,15 @@ async fn record_and_fault(State(shared): State<Arc<Shared>>, req: Request, next:
         Err(_) => (Bytes::new(), true),
     };
     let path = parts.uri.path().to_owned();
-    lock(&shared.requests).push(RecordedRequest {
-        method: parts.method.clone(),
-        path: path.clone(),
-        query: parts.uri.query().map(str::to_owned),
-        headers: parts.headers.clone(),
-        body: body.clone(),
-    });
+    if shared.recording.load(std::sync::atomic::Ordering::Relaxed) {
+        lock(&shared.requests).push(RecordedRequest {
+            method: parts.method.clone(),
+            path: path.clone(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+    }
     if too_large {
         return (shared.status_body)(StatusCode::PAYLOAD_TOO_LARGE);
     }
