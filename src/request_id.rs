@@ -1,9 +1,9 @@
 //! The request id (contract §6): taken from `X-Request-Id` or generated,
 //! echoed on the answer and sent on every upstream call.
 //!
-//! The bottom layer: the edge sets it (in the request's scope, which
-//! handlers extract it from, in `request_scope`), and the
-//! clients and the key store send it, so none of them needs the others.
+//! The bottom layer: the edge puts it in the request's scope (where
+//! handlers extract it, see `request_scope`), and the clients and the key
+//! store send it, so none of them needs the others.
 
 use std::sync::Arc;
 

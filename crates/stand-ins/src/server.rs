@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -168,7 +169,7 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     /// Off for a stand-in that runs for hours (the dev stack): the log
     /// keeps every request's headers and body.
-    recording: std::sync::atomic::AtomicBool,
+    recording: AtomicBool,
     rules: Mutex<VecDeque<FaultRule>>,
     random: Mutex<RandomFaults>,
     status_body: StatusBody,
@@ -274,7 +275,7 @@ impl StandIn {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
-            recording: std::sync::atomic::AtomicBool::new(true),
+            recording: AtomicBool::new(true),
             rules: Mutex::new(VecDeque::new()),
             random: Mutex::new(RandomFaults {
                 rate: 0.0,
@@ -315,9 +316,7 @@ impl StandIn {
     /// that serves for hours, where the log would grow by every request's
     /// headers and body (gigabytes in a benchmark's hour).
     pub fn stop_recording(&self) {
-        self.shared
-            .recording
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.shared.recording.store(false, Ordering::Relaxed);
         self.clear_requests();
     }
 
@@ -391,7 +390,7 @@ async fn record_and_fault(State(shared): State<Arc<Shared>>, req: Request, next:
         Err(_) => (Bytes::new(), true),
     };
     let path = parts.uri.path().to_owned();
-    if shared.recording.load(std::sync::atomic::Ordering::Relaxed) {
+    if shared.recording.load(Ordering::Relaxed) {
         lock(&shared.requests).push(RecordedRequest {
             method: parts.method.clone(),
             path: path.clone(),
